@@ -1,0 +1,463 @@
+//! The server's view of one document: content, revision, recent history,
+//! exactly-once bookkeeping and peers' selections.
+//!
+//! It performs no I/O. The server calls [`Document::submit`], persists the
+//! [`Committed`] op it gets back, and only then acknowledges it. Should the
+//! store fail, the server drops this state and rebuilds it from the store.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use ropey::Rope;
+
+use crate::cursor::transform_position;
+use crate::op::{OpError, Operation};
+use crate::transform::{transform, Side};
+
+/// Bounds that keep one document's memory and size in check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentLimits {
+    /// Largest document, in characters.
+    pub max_chars: usize,
+    /// Committed operations kept in memory, for transforming late submissions
+    /// and for resuming clients without sending the whole content.
+    pub history: usize,
+}
+
+impl Default for DocumentLimits {
+    fn default() -> Self {
+        DocumentLimits {
+            max_chars: 10_000_000,
+            history: 1_000,
+        }
+    }
+}
+
+/// An operation in the document's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The revision this operation produced (it applies to `rev - 1`).
+    pub rev: u64,
+    pub op: Operation,
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+}
+
+/// The outcome of a successful [`Document::submit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Newly committed: persist it, then acknowledge and broadcast it.
+    Applied(Committed),
+    /// This `(client_id, seq)` was committed before, at `rev`: acknowledge
+    /// again with that revision and change nothing.
+    Duplicate { rev: u64 },
+}
+
+/// Why a submission was refused. The document is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error(
+        "revision {rev} is out of range: this document can take revisions {oldest} to {current}"
+    )]
+    RevOutOfRange { rev: u64, oldest: u64, current: u64 },
+    #[error("invalid operation: {0}")]
+    InvalidOp(#[from] OpError),
+    #[error("the document would have {chars} characters; the limit is {max}")]
+    TooLarge { chars: usize, max: usize },
+    #[error("seq {seq} is older than this client's last committed seq {last}")]
+    StaleSeq { seq: u64, last: u64 },
+}
+
+/// A connected peer as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Peer {
+    pub client_id: String,
+    /// `[anchor, head]`, kept current through every committed operation.
+    pub selection: Option<[usize; 2]>,
+    pub user: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    committed: Committed,
+    /// Document length before this operation: lets a late submission be
+    /// checked against the revision it was written for.
+    base_len: usize,
+}
+
+/// The latest commit of one client, enough to recognise a resend.
+#[derive(Debug, Clone, Copy)]
+struct LastCommit {
+    seq: u64,
+    rev: u64,
+}
+
+/// The authoritative state of one document.
+#[derive(Debug, Clone)]
+pub struct Document {
+    content: Rope,
+    rev: u64,
+    limits: DocumentLimits,
+    history: VecDeque<Entry>,
+    last_commit: HashMap<String, LastCommit>,
+    peers: BTreeMap<String, Peer>,
+}
+
+impl Document {
+    /// A document with `content` at revision `rev` and no history yet.
+    pub fn new(content: Rope, rev: u64, limits: DocumentLimits) -> Self {
+        Document {
+            content,
+            rev,
+            limits,
+            history: VecDeque::new(),
+            last_commit: HashMap::new(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn rev(&self) -> u64 {
+        self.rev
+    }
+
+    pub fn content(&self) -> &Rope {
+        &self.content
+    }
+
+    pub fn len_chars(&self) -> usize {
+        self.content.len_chars()
+    }
+
+    pub fn limits(&self) -> DocumentLimits {
+        self.limits
+    }
+
+    /// The oldest revision a submission may be based on.
+    pub fn oldest_rev(&self) -> u64 {
+        self.rev - self.history.len() as u64
+    }
+
+    /// Takes a client's operation written against `base_rev`: transforms it
+    /// against everything committed since (side `Left`, as ShareDB does),
+    /// checks it, applies it and records it.
+    pub fn submit(
+        &mut self,
+        client_id: Option<&str>,
+        seq: Option<u64>,
+        base_rev: u64,
+        op: Operation,
+    ) -> Result<Submitted, SubmitError> {
+        if let (Some(client_id), Some(seq)) = (client_id, seq) {
+            if let Some(rev) = self.committed_rev(client_id, seq)? {
+                return Ok(Submitted::Duplicate { rev });
+            }
+        }
+        let oldest = self.oldest_rev();
+        if base_rev > self.rev || base_rev < oldest {
+            return Err(SubmitError::RevOutOfRange {
+                rev: base_rev,
+                oldest,
+                current: self.rev,
+            });
+        }
+        let concurrent = self.history.range((base_rev - oldest) as usize..);
+        let base_len = concurrent
+            .clone()
+            .next()
+            .map_or(self.content.len_chars(), |e| e.base_len);
+        let needed = op.base_len();
+        if needed > base_len {
+            return Err(OpError::PastEnd {
+                needed,
+                len: base_len,
+            }
+            .into());
+        }
+        let op = concurrent.fold(op, |op, e| transform(&op, &e.committed.op, Side::Left));
+        op.check(&self.content)?;
+        let chars = self.content.len_chars() as isize + op.len_delta();
+        // A document already over a lowered limit may still shrink.
+        if op.len_delta() > 0 && chars as usize > self.limits.max_chars {
+            return Err(SubmitError::TooLarge {
+                chars: chars as usize,
+                max: self.limits.max_chars,
+            });
+        }
+        let committed = Committed {
+            rev: self.rev + 1,
+            op,
+            client_id: client_id.map(str::to_owned),
+            seq,
+        };
+        self.commit(committed.clone());
+        Ok(Submitted::Applied(committed))
+    }
+
+    /// Applies an operation that is already in the op log, as when loading a
+    /// document from its snapshot and the log's tail.
+    pub fn replay(&mut self, committed: Committed) -> Result<(), SubmitError> {
+        if committed.rev != self.rev + 1 {
+            return Err(SubmitError::RevOutOfRange {
+                rev: committed.rev.saturating_sub(1),
+                oldest: self.rev,
+                current: self.rev,
+            });
+        }
+        committed.op.check(&self.content)?;
+        self.commit(committed);
+        Ok(())
+    }
+
+    /// Records that `(client_id, seq)` was committed at `rev`, as learned from
+    /// the store, so a resend after a restart is recognised.
+    pub fn remember(&mut self, client_id: &str, seq: u64, rev: u64) {
+        let newer = self
+            .last_commit
+            .get(client_id)
+            .is_none_or(|last| last.seq < seq);
+        if newer {
+            self.last_commit
+                .insert(client_id.to_owned(), LastCommit { seq, rev });
+        }
+    }
+
+    /// Whether this document has seen any commit from `client_id` since it
+    /// was loaded. When it has not, the server must ask the store about a
+    /// `(client_id, seq)` before trusting [`Document::submit`] with it.
+    pub fn knows_client(&self, client_id: &str) -> bool {
+        self.last_commit.contains_key(client_id)
+    }
+
+    /// The committed operations producing `since + 1 ..= rev`, when all are held.
+    pub fn ops_since(&self, since: u64) -> Option<impl Iterator<Item = &Committed>> {
+        let oldest = self.oldest_rev();
+        if since < oldest || since > self.rev {
+            return None;
+        }
+        Some(
+            self.history
+                .range((since - oldest) as usize..)
+                .map(|e| &e.committed),
+        )
+    }
+
+    /// Sets a peer's selection (clamped to the document) and, when given, its user info.
+    pub fn set_presence(
+        &mut self,
+        client_id: &str,
+        selection: Option<[usize; 2]>,
+        user: Option<serde_json::Value>,
+    ) -> &Peer {
+        let len = self.content.len_chars();
+        let peer = self
+            .peers
+            .entry(client_id.to_owned())
+            .or_insert_with(|| Peer {
+                client_id: client_id.to_owned(),
+                selection: None,
+                user: serde_json::Value::Object(Default::default()),
+            });
+        peer.selection = selection.map(|[a, h]| [a.min(len), h.min(len)]);
+        if let Some(user) = user {
+            peer.user = user;
+        }
+        peer
+    }
+
+    pub fn remove_peer(&mut self, client_id: &str) -> Option<Peer> {
+        self.peers.remove(client_id)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// `Some(rev)` when `(client_id, seq)` is already committed.
+    fn committed_rev(&self, client_id: &str, seq: u64) -> Result<Option<u64>, SubmitError> {
+        let Some(last) = self.last_commit.get(client_id) else {
+            return Ok(None);
+        };
+        if seq > last.seq {
+            return Ok(None);
+        }
+        if seq == last.seq {
+            return Ok(Some(last.rev));
+        }
+        self.history
+            .iter()
+            .rev()
+            .map(|e| &e.committed)
+            .find(|c| c.seq == Some(seq) && c.client_id.as_deref() == Some(client_id))
+            .map(|c| Some(c.rev))
+            .ok_or(SubmitError::StaleSeq {
+                seq,
+                last: last.seq,
+            })
+    }
+
+    /// Applies a checked operation and records it everywhere it matters.
+    fn commit(&mut self, committed: Committed) {
+        let base_len = self.content.len_chars();
+        committed
+            .op
+            .apply(&mut self.content)
+            .expect("operation was checked against this content");
+        self.rev = committed.rev;
+        for peer in self.peers.values_mut() {
+            if let Some([a, h]) = peer.selection {
+                peer.selection = Some([
+                    transform_position(a, &committed.op),
+                    transform_position(h, &committed.op),
+                ]);
+            }
+        }
+        if let (Some(client_id), Some(seq)) = (&committed.client_id, committed.seq) {
+            self.remember(client_id, seq, committed.rev);
+        }
+        self.history.push_back(Entry {
+            committed,
+            base_len,
+        });
+        while self.history.len() > self.limits.history {
+            self.history.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(s: &str) -> Document {
+        Document::new(Rope::from_str(s), 0, DocumentLimits::default())
+    }
+
+    fn op(json: &str) -> Operation {
+        Operation::from_json(json).unwrap()
+    }
+
+    #[test]
+    fn concurrent_submissions_are_transformed() {
+        let mut d = doc("abc");
+        let first = d.submit(Some("a"), Some(1), 0, op(r#"[1, "X"]"#)).unwrap();
+        assert!(matches!(
+            first,
+            Submitted::Applied(Committed { rev: 1, .. })
+        ));
+        let second = d.submit(Some("b"), Some(1), 0, op(r#"[2, "Y"]"#)).unwrap();
+        let Submitted::Applied(c) = second else {
+            panic!("not applied")
+        };
+        assert_eq!((c.rev, c.op.to_json()), (2, r#"[3,"Y"]"#.to_owned()));
+        assert_eq!(d.content().to_string(), "aXbYc");
+    }
+
+    #[test]
+    fn resends_are_applied_once() {
+        let mut d = doc("");
+        d.submit(Some("a"), Some(1), 0, op(r#"["x"]"#)).unwrap();
+        d.submit(Some("a"), Some(2), 1, op(r#"[1, "y"]"#)).unwrap();
+        d.submit(Some("b"), Some(1), 2, op(r#"["z"]"#)).unwrap();
+        assert_eq!(
+            d.submit(Some("a"), Some(2), 1, op(r#"[1, "y"]"#)),
+            Ok(Submitted::Duplicate { rev: 2 })
+        );
+        assert_eq!(
+            d.submit(Some("a"), Some(1), 0, op(r#"["x"]"#)),
+            Ok(Submitted::Duplicate { rev: 1 })
+        );
+        assert_eq!(d.content().to_string(), "zxy");
+        assert_eq!(d.rev(), 3);
+    }
+
+    #[test]
+    fn remembered_commits_count_as_duplicates() {
+        let mut d = doc("abc");
+        d.remember("a", 7, 41);
+        assert_eq!(
+            d.submit(Some("a"), Some(7), 0, op(r#"["q"]"#)),
+            Ok(Submitted::Duplicate { rev: 41 })
+        );
+        assert_eq!(
+            d.submit(Some("a"), Some(3), 0, op(r#"["q"]"#)),
+            Err(SubmitError::StaleSeq { seq: 3, last: 7 })
+        );
+    }
+
+    #[test]
+    fn refuses_without_changing_anything() {
+        let limits = DocumentLimits {
+            max_chars: 5,
+            history: 2,
+        };
+        let mut d = Document::new(Rope::from_str("abc"), 0, limits);
+        for i in 1..=3 {
+            d.submit(None, None, i - 1, op(r#"[1, {"d": 1}, "e"]"#))
+                .unwrap();
+        }
+        let before = d.content().clone();
+        assert_eq!(
+            d.submit(None, None, 0, op(r#"["x"]"#)),
+            Err(SubmitError::RevOutOfRange {
+                rev: 0,
+                oldest: 1,
+                current: 3
+            })
+        );
+        assert_eq!(
+            d.submit(None, None, 4, op(r#"["x"]"#)),
+            Err(SubmitError::RevOutOfRange {
+                rev: 4,
+                oldest: 1,
+                current: 3
+            })
+        );
+        assert_eq!(
+            d.submit(None, None, 3, op(r#"["xyz"]"#)),
+            Err(SubmitError::TooLarge { chars: 6, max: 5 })
+        );
+        assert!(matches!(
+            d.submit(None, None, 1, op(r#"[4, "x"]"#)),
+            Err(SubmitError::InvalidOp(OpError::PastEnd {
+                needed: 4,
+                len: 3
+            }))
+        ));
+        assert!(matches!(
+            d.submit(None, None, 3, op(r#"[{"d": "zz"}]"#)),
+            Err(SubmitError::InvalidOp(OpError::DeleteMismatch { .. }))
+        ));
+        assert_eq!(d.content(), &before);
+        assert_eq!(d.rev(), 3);
+    }
+
+    #[test]
+    fn peers_follow_edits_and_resume_lists_are_bounded() {
+        let mut d = doc("hello");
+        d.set_presence("p", Some([5, 2]), Some(serde_json::json!({"name": "P"})));
+        d.set_presence("q", Some([99, 0]), None);
+        d.submit(None, None, 0, op(r#"["ab", 3, {"d": 1}]"#))
+            .unwrap();
+        let sel: Vec<_> = d.peers().map(|p| p.selection).collect();
+        assert_eq!(sel, vec![Some([6, 4]), Some([6, 0])]);
+        assert_eq!(d.ops_since(0).map(|i| i.count()), Some(1));
+        assert_eq!(d.ops_since(1).map(|i| i.count()), Some(0));
+        assert!(d.ops_since(2).is_none());
+        assert!(d.remove_peer("p").is_some());
+        assert_eq!(d.peers().count(), 1);
+    }
+
+    #[test]
+    fn replay_rebuilds_state() {
+        let mut d = doc("ab");
+        let c = Committed {
+            rev: 1,
+            op: op(r#"[2, "c"]"#),
+            client_id: Some("a".into()),
+            seq: Some(1),
+        };
+        d.replay(c.clone()).unwrap();
+        assert_eq!(d.content().to_string(), "abc");
+        assert!(d.replay(c).is_err());
+        assert!(d.knows_client("a"));
+    }
+}
