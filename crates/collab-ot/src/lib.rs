@@ -9,6 +9,8 @@
 //!   vectors generated from it).
 //! * [`Document`]: the server's state machine (transform late ops, exactly-once,
 //!   presence). [`Client`]: the client's (ot.js / ShareDB style).
+//! * [`protocol`]: the WebSocket frames of the wire contract, parsed by pure
+//!   functions into messages or the contract's error codes.
 //!
 //! ```
 //! use collab_ot::{transform, Operation, Rope, Side};
@@ -33,12 +35,15 @@
 pub mod client;
 pub mod cursor;
 pub mod document;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod op;
+pub mod protocol;
 pub mod transform;
 
 pub use client::{Client, ClientError, OutgoingOp};
 pub use cursor::{transform_position, transform_selection, Selection};
 pub use document::{Committed, Document, DocumentLimits, Peer, SubmitError, Submitted};
-pub use op::{Component, Delete, OpError, Operation};
+pub use op::{CompactString, Component, Delete, OpError, Operation};
 pub use ropey::Rope;
 pub use transform::{compose, transform, Side};

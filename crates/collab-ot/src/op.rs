@@ -9,10 +9,12 @@
 
 use std::fmt;
 
+pub use compact_str::CompactString;
 use ropey::Rope;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Why an operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +40,7 @@ pub enum OpError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delete {
     Count(usize),
-    Text(String),
+    Text(CompactString),
 }
 
 impl Delete {
@@ -59,7 +61,7 @@ impl Delete {
     pub(crate) fn slice(&self, start: usize, end: Option<usize>) -> Delete {
         match self {
             Delete::Count(n) => Delete::Count(end.map_or(*n, |e| e.min(*n)) - start),
-            Delete::Text(s) => Delete::Text(char_slice(s, start, end).to_owned()),
+            Delete::Text(s) => Delete::Text(char_slice(s, start, end).into()),
         }
     }
 }
@@ -69,8 +71,9 @@ impl Delete {
 pub enum Component {
     /// Keep the next `n` characters.
     Skip(usize),
-    /// Insert this text at the current position.
-    Insert(String),
+    /// Insert this text at the current position. Short text is stored
+    /// inline: a keystroke costs no allocation.
+    Insert(CompactString),
     /// Remove characters at the current position.
     Delete(Delete),
 }
@@ -96,14 +99,18 @@ impl Component {
     }
 }
 
+/// Components stored inline: a typical edit (skip, delete, insert) needs no
+/// allocation, which keeps the engine within reach of a bare rope.
+type Components = SmallVec<[Component; 3]>;
+
 /// A normalized `text-unicode` operation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Operation(Vec<Component>);
+pub struct Operation(Components);
 
 impl Operation {
     /// The operation that changes nothing.
     pub fn new() -> Self {
-        Operation(Vec::new())
+        Operation(Components::new())
     }
 
     /// Builds an operation from components, rejecting empty ones and normalizing.
@@ -140,12 +147,27 @@ impl Operation {
 
     /// Inserts `text` at `pos` (the no-op for empty text).
     pub fn insert(pos: usize, text: &str) -> Self {
-        Self::normalized([Component::Skip(pos), Component::Insert(text.to_owned())])
+        // Built directly rather than normalized: this is every keystroke.
+        let mut out = Components::new();
+        if !text.is_empty() {
+            if pos > 0 {
+                out.push(Component::Skip(pos));
+            }
+            out.push(Component::Insert(text.into()));
+        }
+        Operation(out)
     }
 
     /// Deletes `len` characters at `pos`, by count.
     pub fn delete(pos: usize, len: usize) -> Self {
-        Self::normalized([Component::Skip(pos), Component::Delete(Delete::Count(len))])
+        let mut out = Components::new();
+        if len > 0 {
+            if pos > 0 {
+                out.push(Component::Skip(pos));
+            }
+            out.push(Component::Delete(Delete::Count(len)));
+        }
+        Operation(out)
     }
 
     /// True when applying this changes nothing.
@@ -185,6 +207,9 @@ impl Operation {
         if needed > len {
             return Err(OpError::PastEnd { needed, len });
         }
+        if self.has_no_text_delete() {
+            return Ok(());
+        }
         let mut pos = 0;
         for c in &self.0 {
             match c {
@@ -206,6 +231,31 @@ impl Operation {
     /// Applies the operation to `doc` in place. All or nothing: an invalid
     /// operation leaves `doc` untouched.
     pub fn apply(&self, doc: &mut Rope) -> Result<(), OpError> {
+        // Most operations are one edit at one place. The rope checks bounds
+        // itself and changes nothing on error, so no separate pass is needed.
+        let (pos, edit) = match self.0.as_slice() {
+            [Component::Skip(pos), edit] => (*pos, edit),
+            [edit] => (0, edit),
+            _ => return self.apply_checked(doc),
+        };
+        let past_end = |doc: &Rope| OpError::PastEnd {
+            needed: pos + edit.len(),
+            len: doc.len_chars(),
+        };
+        match edit {
+            Component::Insert(s) => doc.try_insert(pos, s).map_err(|_| OpError::PastEnd {
+                needed: pos,
+                len: doc.len_chars(),
+            }),
+            Component::Delete(Delete::Count(n)) => {
+                doc.try_remove(pos..pos + n).map_err(|_| past_end(doc))
+            }
+            _ => self.apply_checked(doc),
+        }
+    }
+
+    /// The general case: check everything, then edit.
+    fn apply_checked(&self, doc: &mut Rope) -> Result<(), OpError> {
         self.check(doc)?;
         // `pos` walks the document as it is being rewritten.
         let mut pos = 0;
@@ -252,7 +302,8 @@ impl Operation {
         for c in &self.0 {
             out.push(match c {
                 Component::Delete(Delete::Count(n)) => {
-                    Component::Delete(Delete::Text(doc.slice(pos..pos + n).to_string()))
+                    let text: String = doc.slice(pos..pos + n).chars().collect();
+                    Component::Delete(Delete::Text(text.into()))
                 }
                 other => other.clone(),
             });
@@ -276,6 +327,14 @@ impl Operation {
         }))
     }
 
+    /// True when no component deletes by text: nothing to compare with the document.
+    fn has_no_text_delete(&self) -> bool {
+        !self
+            .0
+            .iter()
+            .any(|c| matches!(c, Component::Delete(Delete::Text(_))))
+    }
+
     /// True when [`Operation::invert`] will succeed.
     pub fn is_invertible(&self) -> bool {
         !self
@@ -289,7 +348,7 @@ impl Operation {
 /// reference's `append`: adjacent components of one kind merge; two text
 /// deletes keep their text, a count delete beside any delete makes a count.
 #[derive(Default)]
-pub(crate) struct Builder(Vec<Component>);
+pub(crate) struct Builder(Components);
 
 impl Builder {
     pub(crate) fn push(&mut self, c: Component) {
@@ -408,7 +467,7 @@ impl<'de> Visitor<'de> for ComponentVisitor {
         if s.is_empty() {
             return Err(E::custom("inserts must not be empty"));
         }
-        Ok(Component::Insert(s.to_owned()))
+        Ok(Component::Insert(s.into()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Component, A::Error> {
@@ -452,7 +511,7 @@ impl<'de> Deserialize<'de> for DeleteValue {
                 if s.is_empty() {
                     return Err(E::custom("deletes must not be empty"));
                 }
-                Ok(DeleteValue(Delete::Text(s.to_owned())))
+                Ok(DeleteValue(Delete::Text(s.into())))
             }
         }
         de.deserialize_any(V)

@@ -59,7 +59,7 @@ impl<'a> Taker<'a> {
         let c = self.components.get(self.index)?;
         let part = match c {
             Component::Skip(n) => Component::Skip(n - self.offset),
-            Component::Insert(s) => Component::Insert(s[self.byte_offset..].to_owned()),
+            Component::Insert(s) => Component::Insert(s[self.byte_offset..].into()),
             Component::Delete(d) => Component::Delete(d.slice(self.offset, None)),
         };
         self.advance();
@@ -88,7 +88,7 @@ impl<'a> Taker<'a> {
                 let rest = &s[self.byte_offset..];
                 let bytes = byte_len_of_chars(rest, n);
                 self.byte_offset += bytes;
-                Component::Insert(rest[..bytes].to_owned())
+                Component::Insert(rest[..bytes].into())
             }
             Component::Delete(d) => Component::Delete(d.slice(self.offset, Some(self.offset + n))),
         };

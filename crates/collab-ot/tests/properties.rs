@@ -60,7 +60,7 @@ fn build(doc: &str, steps: &[Step]) -> Operation {
                 out.push(Component::Skip(n));
                 pos += n;
             }
-            Step::Insert(s) if !s.is_empty() => out.push(Component::Insert(s.clone())),
+            Step::Insert(s) if !s.is_empty() => out.push(Component::Insert(s.as_str().into())),
             Step::DeleteCount(n) if left > 0 => {
                 let n = (*n).min(left);
                 out.push(Component::Delete(Delete::Count(n)));
@@ -68,8 +68,8 @@ fn build(doc: &str, steps: &[Step]) -> Operation {
             }
             Step::DeleteText(n) if left > 0 => {
                 let n = (*n).min(left);
-                let s = chars[pos..pos + n].iter().collect();
-                out.push(Component::Delete(Delete::Text(s)));
+                let s: String = chars[pos..pos + n].iter().collect();
+                out.push(Component::Delete(Delete::Text(s.into())));
                 pos += n;
             }
             _ => {}

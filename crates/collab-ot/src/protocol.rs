@@ -1,0 +1,313 @@
+//! The WebSocket messages of the wire contract (§3), as plain data.
+//!
+//! Parsing is a pure function from a text frame to a message or to the
+//! contract's error, so the server and the Rust client share one definition
+//! and every malformed frame maps to a precise error code without touching
+//! any document.
+
+use serde::{Deserialize, Serialize};
+
+use crate::document::Peer;
+use crate::op::Operation;
+
+/// An operation as listed by REST `GET …/ops` and in a resume `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRecord {
+    /// The revision this operation produced.
+    pub rev: u64,
+    pub op: Operation,
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Op {
+        rev: u64,
+        seq: u64,
+        op: Operation,
+    },
+    Presence {
+        selection: Option<[usize; 2]>,
+        user: Option<User>,
+    },
+}
+
+/// Who a peer is, as shown next to their cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub color: String,
+}
+
+/// A frame from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        client_id: String,
+        rev: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ops: Option<Vec<OpRecord>>,
+        peers: Vec<PeerInfo>,
+    },
+    Ack {
+        seq: u64,
+        rev: u64,
+    },
+    Op {
+        rev: u64,
+        op: Operation,
+        client_id: Option<String>,
+        seq: Option<u64>,
+    },
+    Presence {
+        client_id: String,
+        selection: Option<[usize; 2]>,
+        user: serde_json::Value,
+    },
+    Leave {
+        client_id: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+/// `Peer` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub client_id: String,
+    pub selection: Option<[usize; 2]>,
+    pub user: serde_json::Value,
+}
+
+impl From<&Peer> for PeerInfo {
+    fn from(p: &Peer) -> Self {
+        PeerInfo {
+            client_id: p.client_id.clone(),
+            selection: p.selection,
+            user: p.user.clone(),
+        }
+    }
+}
+
+/// The contract's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    InvalidOp,
+    RevOutOfRange,
+    TooLarge,
+    RateLimited,
+    NotFound,
+    DocumentDeleted,
+    Unauthorized,
+    /// Anything this version does not know; keeps old clients parsing new servers.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Whether the connection stays open after this error.
+    pub fn is_recoverable(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::NotFound | ErrorCode::DocumentDeleted | ErrorCode::Unauthorized
+        )
+    }
+}
+
+/// A frame the server refuses, with what to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `seq` of the refused op, when the frame got that far.
+    pub seq: Option<u64>,
+}
+
+impl FrameError {
+    fn bad(message: impl Into<String>) -> Self {
+        FrameError {
+            code: ErrorCode::BadMessage,
+            message: message.into(),
+            seq: None,
+        }
+    }
+
+    /// The `error` message to send back.
+    pub fn to_message(&self) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code,
+            message: self.message.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// The frame's outer shape; `op` is parsed on its own so that a well-formed
+/// frame with an invalid operation gets `invalid_op`, not `bad_message`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum RawClientMessage {
+    Op {
+        rev: u64,
+        seq: u64,
+        op: serde_json::Value,
+    },
+    Presence {
+        selection: Option<[usize; 2]>,
+        #[serde(default)]
+        user: Option<User>,
+    },
+}
+
+/// Parses one text frame from a client.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
+    let raw: RawClientMessage = serde_json::from_str(text)
+        .map_err(|e| FrameError::bad(format!("not a valid message: {e}")))?;
+    match raw {
+        RawClientMessage::Op { rev, seq, op } => {
+            if seq == 0 {
+                return Err(FrameError::bad("seq must be a positive integer"));
+            }
+            let op = Operation::deserialize(op).map_err(|e| FrameError {
+                code: ErrorCode::InvalidOp,
+                message: format!("invalid operation: {e}"),
+                seq: Some(seq),
+            })?;
+            Ok(ClientMessage::Op { rev, seq, op })
+        }
+        RawClientMessage::Presence { selection, user } => {
+            Ok(ClientMessage::Presence { selection, user })
+        }
+    }
+}
+
+impl ClientMessage {
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        let value = match self {
+            ClientMessage::Op { rev, seq, op } => {
+                serde_json::json!({"type": "op", "rev": rev, "seq": seq, "op": op})
+            }
+            ClientMessage::Presence { selection, user } => match user {
+                Some(user) => {
+                    serde_json::json!({"type": "presence", "selection": selection, "user": user})
+                }
+                None => serde_json::json!({"type": "presence", "selection": selection}),
+            },
+        };
+        value.to_string()
+    }
+}
+
+impl ServerMessage {
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_message(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_frames() {
+        let m = parse_client_message(r#"{"type":"op","rev":3,"seq":1,"op":[1,"x"]}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Op {
+                rev: 3,
+                seq: 1,
+                op: Operation::insert(1, "x")
+            }
+        );
+        assert_eq!(parse_client_message(&m.to_json()).unwrap(), m, "round trip");
+        let p = parse_client_message(
+            r##"{"type":"presence","selection":[1,4],"user":{"name":"A","color":"#f00"}}"##,
+        )
+        .unwrap();
+        assert_eq!(parse_client_message(&p.to_json()).unwrap(), p);
+        let cleared = parse_client_message(r#"{"type":"presence","selection":null}"#).unwrap();
+        assert_eq!(
+            cleared,
+            ClientMessage::Presence {
+                selection: None,
+                user: None
+            }
+        );
+    }
+
+    #[test]
+    fn maps_bad_frames_to_codes() {
+        for bad in [
+            "",
+            "nope",
+            "[]",
+            "{}",
+            r#"{"type":"hello"}"#,
+            r#"{"type":"op","rev":1,"op":[]}"#,
+            r#"{"type":"op","rev":-1,"seq":1,"op":[]}"#,
+            r#"{"type":"op","rev":1,"seq":0,"op":[]}"#,
+            r#"{"type":"op","rev":"1","seq":1,"op":[]}"#,
+            r#"{"type":"presence","selection":[1]}"#,
+            r#"{"type":"presence","selection":[1,2],"user":"me"}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadMessage, "{bad}");
+        }
+        let e = parse_client_message(r#"{"type":"op","rev":1,"seq":7,"op":[0]}"#).unwrap_err();
+        assert_eq!((e.code, e.seq), (ErrorCode::InvalidOp, Some(7)));
+        assert_eq!(
+            code(r#"{"type":"op","rev":1,"seq":7,"op":{"d":1}}"#),
+            ErrorCode::InvalidOp
+        );
+    }
+
+    #[test]
+    fn server_messages_match_the_contract() {
+        let welcome = ServerMessage::Welcome {
+            client_id: "c".into(),
+            rev: 2,
+            content: Some("hi".into()),
+            ops: None,
+            peers: vec![],
+        };
+        assert_eq!(
+            welcome.to_json(),
+            r#"{"type":"welcome","client_id":"c","rev":2,"content":"hi","peers":[]}"#
+        );
+        let err = FrameError::bad("x").to_message();
+        assert_eq!(
+            err.to_json(),
+            r#"{"type":"error","code":"bad_message","message":"x"}"#
+        );
+        let parsed: ServerMessage =
+            serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"m"}"#).unwrap();
+        assert!(matches!(
+            parsed,
+            ServerMessage::Error {
+                code: ErrorCode::Unknown,
+                ..
+            }
+        ));
+        assert!(!ErrorCode::DocumentDeleted.is_recoverable());
+        assert!(ErrorCode::RateLimited.is_recoverable());
+    }
+}
