@@ -14,6 +14,20 @@ use crate::document::Committed;
 use crate::op::{OpError, Operation};
 use crate::transform::{compose, transform, Side};
 
+/// What an op in a resume list turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// Our op in flight, committed before the connection dropped.
+    Acked { seq: u64, rev: u64 },
+    /// Someone else's op, as applied to the local content.
+    Remote {
+        rev: u64,
+        op: Operation,
+        client_id: Option<String>,
+        seq: Option<u64>,
+    },
+}
+
 /// An op to send to the server: `{"type":"op","rev":…,"seq":…,"op":…}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingOp {
@@ -148,28 +162,47 @@ impl Client {
     }
 
     /// After a reconnect: takes the ops a resume `welcome` listed, recognising
-    /// our own op in flight among them. Returns the others as applied locally.
+    /// our own op in flight among them. Says what each newly seen op was.
     /// Then send [`Client::resend`], if any.
     pub fn resume<'a>(
         &mut self,
         ops: impl IntoIterator<Item = &'a Committed>,
-    ) -> Result<Vec<Operation>, ClientError> {
-        let mut applied = Vec::new();
+    ) -> Result<Vec<Resumed>, ClientError> {
+        let mut seen = Vec::new();
         for c in ops {
             if c.rev <= self.rev {
                 continue;
             }
-            let ours = c.client_id.as_deref() == Some(self.client_id.as_str())
-                && self.inflight.as_ref().map(|f| f.seq) == c.seq
-                && c.seq.is_some();
-            if ours {
-                // What comes out of the buffer is sent by `resend`.
-                self.ack(c.seq.expect("checked above"), c.rev)?;
-            } else {
-                applied.push(self.remote(c.rev, c.op.clone())?);
+            let inflight = self.inflight.as_ref().map(|f| f.seq);
+            match c.seq {
+                Some(seq)
+                    if Some(seq) == inflight
+                        && c.client_id.as_deref() == Some(self.client_id.as_str()) =>
+                {
+                    // What comes out of the buffer is sent by `resend`.
+                    self.ack(seq, c.rev)?;
+                    seen.push(Resumed::Acked { seq, rev: c.rev });
+                }
+                _ => {
+                    let op = self.remote(c.rev, c.op.clone())?;
+                    seen.push(Resumed::Remote {
+                        rev: c.rev,
+                        op,
+                        client_id: c.client_id.clone(),
+                        seq: c.seq,
+                    });
+                }
             }
         }
-        Ok(applied)
+        Ok(seen)
+    }
+
+    /// Forgets every unacknowledged local edit, after the server refused one
+    /// for good. The local content still shows them: follow with
+    /// [`Client::reset`] to the server's content.
+    pub fn discard_pending(&mut self) {
+        self.inflight = None;
+        self.buffer = None;
     }
 
     /// The op in flight, rebased on the current revision, to send again after
@@ -288,8 +321,10 @@ mod tests {
             .submit(Some("b"), Some(1), 1, op(r#"["b"]"#))
             .unwrap();
 
-        let others = a.resume(server.ops_since(0).unwrap()).unwrap();
-        assert_eq!(others.len(), 1);
+        let seen = a.resume(server.ops_since(0).unwrap()).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], Resumed::Acked { seq: 1, rev: 1 });
+        assert!(matches!(&seen[1], Resumed::Remote { rev: 2, .. }));
         let next = a.resend().unwrap();
         assert_eq!((next.seq, next.rev), (2, 2));
         let rev = submit(&mut server, "a", &next);
@@ -322,5 +357,8 @@ mod tests {
         assert_eq!(a.rev(), 4);
         a.local_edit(op(r#"["q"]"#)).unwrap();
         assert_eq!(a.reset(Rope::new(), 9), Err(ClientError::PendingEdits));
+        a.discard_pending();
+        assert_eq!(a.reset(Rope::from_str("new"), 9), Ok(()));
+        assert_eq!((a.content().to_string(), a.rev()), ("new".to_owned(), 9));
     }
 }

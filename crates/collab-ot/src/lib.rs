@@ -41,7 +41,7 @@ pub mod op;
 pub mod protocol;
 pub mod transform;
 
-pub use client::{Client, ClientError, OutgoingOp};
+pub use client::{Client, ClientError, OutgoingOp, Resumed};
 pub use cursor::{transform_position, transform_selection, Selection};
 pub use document::{Committed, Document, DocumentLimits, Peer, SubmitError, Submitted};
 pub use op::{CompactString, Component, Delete, OpError, Operation};
