@@ -1,0 +1,93 @@
+//! The application: shared state, the router and the server loop.
+//!
+//! `run` takes an already bound listener and a shutdown future so tests can
+//! start the real server on port 0 and stop it when they choose.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::error::AppError;
+use crate::rooms::Rooms;
+use crate::routes;
+use crate::store::{self, DocumentStore, StoreError};
+
+/// What every request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn DocumentStore>,
+    pub rooms: Rooms,
+    pub limits: Limits,
+}
+
+/// The wire contract's §4 limits, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_document_chars: usize,
+    /// Enforced per WebSocket connection (issue 4).
+    pub max_ops_per_second: u32,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Self {
+        Self {
+            rooms: Rooms::new(Arc::clone(&store), config.room_config()),
+            store,
+            limits: Limits {
+                max_message_bytes: config.max_message_bytes,
+                max_document_chars: config.max_document_chars,
+                max_ops_per_second: config.max_ops_per_second,
+            },
+        }
+    }
+
+    /// Open the configured store, create and migrate it, and build the state.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let store = store::open_store(&config.database_url).await?;
+        store.migrate().await?;
+        Ok(Self::new(store, config))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_message_bytes;
+    routes::router()
+        // Unknown paths and methods get the contract's error body too.
+        .fallback(|| async { AppError::NoRoute })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        // One INFO line per request, so the default log level shows traffic.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, let in-flight requests finish, then
+/// stop every room after it has stored what it holds.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let rooms = state.rooms.clone();
+    let app = router(state);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    rooms.shutdown().await;
+    tracing::info!("stopped");
+    served
+}

@@ -1,0 +1,147 @@
+//! Configuration: environment variables (optionally from a `.env` file, which
+//! `main` loads first), overridden by command-line flags.
+//!
+//! Every setting is one clap argument with an `env` fallback, so `--help`
+//! documents both spellings and the precedence is clap's: flag, then
+//! environment, then default. `.env.example` lists the same variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use collab_ot::DocumentLimits;
+
+use crate::rooms::RoomConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Database URL: `sqlite://PATH` (file created on first run) or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://./data/collab.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "COLLAB_BIND",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
+    pub bind: SocketAddr,
+
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info,collab_server=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+
+    /// Log output format.
+    #[arg(
+        long,
+        env = "COLLAB_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket message, and largest HTTP request body, in bytes.
+    #[arg(long, env = "COLLAB_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Largest document, in characters (Unicode scalar values).
+    #[arg(
+        long,
+        env = "COLLAB_MAX_DOCUMENT_CHARS",
+        default_value_t = 10_000_000,
+        global = true
+    )]
+    pub max_document_chars: usize,
+
+    /// Operations one WebSocket connection may send per second.
+    #[arg(
+        long,
+        env = "COLLAB_MAX_OPS_PER_SECOND",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_ops_per_second: u32,
+
+    /// Committed ops each open document keeps in memory, for transforming
+    /// late edits and resuming clients.
+    #[arg(
+        long,
+        env = "COLLAB_HISTORY_WINDOW",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub history_window: usize,
+
+    /// Seconds without activity after which an open document is unloaded.
+    #[arg(
+        long,
+        env = "COLLAB_ROOM_IDLE_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub room_idle_secs: u64,
+
+    /// Save a snapshot after this many ops since the last one.
+    #[arg(
+        long,
+        env = "COLLAB_SNAPSHOT_EVERY_OPS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub snapshot_every_ops: u64,
+
+    /// Save a snapshot of an active document at least this often, in seconds.
+    #[arg(
+        long,
+        env = "COLLAB_SNAPSHOT_INTERVAL_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub snapshot_interval_secs: u64,
+}
+
+impl Config {
+    /// The defaults, as if no variable or flag were set; for tests and tools.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            log_filter: "info".to_owned(),
+            log_format: LogFormat::Pretty,
+            max_message_bytes: 1 << 20,
+            max_document_chars: 10_000_000,
+            max_ops_per_second: 100,
+            history_window: 1000,
+            room_idle_secs: 300,
+            snapshot_every_ops: 500,
+            snapshot_interval_secs: 60,
+        }
+    }
+
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            limits: DocumentLimits {
+                max_chars: self.max_document_chars,
+                history: self.history_window,
+            },
+            idle: Duration::from_secs(self.room_idle_secs.max(1)),
+            snapshot_every_ops: self.snapshot_every_ops.max(1),
+            ..RoomConfig::default()
+        }
+    }
+}

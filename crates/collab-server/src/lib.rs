@@ -1,0 +1,24 @@
+//! `collab-server`: the HTTP API, persistence and document rooms behind the
+//! `collab` binary.
+//!
+//! * [`config`], [`telemetry`], [`cli`]: how the process is set up.
+//! * [`app`]: shared state, router and [`run`], the server loop.
+//! * [`routes`]: the REST API of the wire contract (and later the WebSocket).
+//! * [`rooms`]: one task per open document, owning its `collab_ot::Document`.
+//! * [`store`]: SQLite / PostgreSQL behind the [`store::DocumentStore`] trait.
+//! * [`error`], [`extract`]: contract error bodies for every failure.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod rooms;
+mod routes;
+pub mod seed;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{run, AppState};
+pub use config::Config;

@@ -1,0 +1,261 @@
+//! Rooms: one task per open document, owning its engine state.
+//!
+//! Everything that reads or changes a document's content goes through its
+//! room, so edits are serialised without locks and the in-memory state can
+//! never run ahead of the op log: the room stores an op before it answers.
+//! This module is the registry (id → handle, lazy loading, unloading,
+//! shutdown); [`room`] is the task itself.
+//!
+//! Live WebSocket sessions (issue 4) join a room through the same handle:
+//! they add `Join`/`Leave`/`Presence` commands and receive broadcasts, and an
+//! idle room with sessions stays loaded.
+
+mod room;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use collab_ot::{DocumentLimits, Operation, SubmitError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::DocumentId;
+use crate::store::{DocumentStore, StoreError};
+
+/// How rooms behave; built from [`crate::config::Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct RoomConfig {
+    pub limits: DocumentLimits,
+    /// A room with no activity for this long saves a snapshot and unloads.
+    pub idle: Duration,
+    /// Save a snapshot once this many ops have been committed since the last.
+    pub snapshot_every_ops: u64,
+    /// Commands a room queues before senders wait (backpressure).
+    pub queue: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            limits: DocumentLimits::default(),
+            idle: Duration::from_secs(300),
+            snapshot_every_ops: 500,
+            queue: 256,
+        }
+    }
+}
+
+/// A document's content at a revision, as its room holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocState {
+    pub content: String,
+    pub rev: u64,
+}
+
+/// An edit to commit: `op` was written against `base_rev`. `client_id` and
+/// `seq` identify it for exactly-once delivery; REST edits have neither.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+    pub base_rev: u64,
+    pub op: Operation,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoomError {
+    #[error("document not found")]
+    NotFound,
+    #[error(transparent)]
+    Rejected(#[from] SubmitError),
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The room unloaded while the command waited; [`Rooms`] retries these.
+    #[error("room closed")]
+    Closed,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for RoomError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => RoomError::NotFound,
+            e => RoomError::Store(Arc::new(e)),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
+
+/// What a room can be asked to do.
+#[derive(Debug)]
+enum Command {
+    Read {
+        reply: Reply<DocState>,
+    },
+    Submit {
+        submission: Submission,
+        reply: Reply<u64>,
+    },
+    /// The document was deleted: stop without a snapshot.
+    Deleted,
+    /// The server is stopping: commit what is pending, snapshot, stop.
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+struct RoomHandle {
+    generation: u64,
+    tx: mpsc::Sender<Command>,
+}
+
+/// The registry of open rooms. Cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn DocumentStore>,
+    config: RoomConfig,
+    next_generation: AtomicU64,
+    registry: Mutex<Registry>,
+    /// Closed when every room task has ended (mini-redis's shutdown pattern):
+    /// each room holds a sender clone, and the registry drops its own on shutdown.
+    all_stopped: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+struct Registry {
+    rooms: HashMap<DocumentId, RoomHandle>,
+    /// `None` once shutting down: no new rooms after that.
+    stop_guard: Option<mpsc::Sender<()>>,
+}
+
+/// A room retried after it unloaded under a command; more than a couple of
+/// retries means something is badly wrong, so give up rather than spin.
+const ATTEMPTS: usize = 3;
+
+impl Rooms {
+    pub fn new(store: Arc<dyn DocumentStore>, config: RoomConfig) -> Self {
+        let (stop_guard, all_stopped) = mpsc::channel(1);
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                next_generation: AtomicU64::new(0),
+                registry: Mutex::new(Registry {
+                    rooms: HashMap::new(),
+                    stop_guard: Some(stop_guard),
+                }),
+                all_stopped: tokio::sync::Mutex::new(all_stopped),
+            }),
+        }
+    }
+
+    /// The document's current content and revision (only committed ops).
+    pub async fn read(&self, id: &DocumentId) -> Result<DocState, RoomError> {
+        self.call(id, |reply| Command::Read { reply }).await
+    }
+
+    /// Transform, store and apply an edit; the revision it produced, or for
+    /// an already committed `(client_id, seq)` the revision it got then.
+    pub async fn submit(&self, id: &DocumentId, submission: Submission) -> Result<u64, RoomError> {
+        self.call(id, |reply| Command::Submit {
+            submission: submission.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Tell the document's room, if it is open, that the document is gone.
+    pub async fn document_deleted(&self, id: &DocumentId) {
+        let handle = self.shared.lock().rooms.remove(id);
+        if let Some(handle) = handle {
+            // A room that already stopped has nothing to be told.
+            let _ = handle.tx.send(Command::Deleted).await;
+        }
+    }
+
+    /// How many rooms are loaded now.
+    pub fn open_rooms(&self) -> usize {
+        self.shared.lock().rooms.len()
+    }
+
+    /// Stop every room after it commits what it holds, and wait for all of
+    /// them. Later calls get [`RoomError::ShuttingDown`].
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = {
+            let mut registry = self.shared.lock();
+            registry.stop_guard = None;
+            registry.rooms.drain().map(|(_, h)| h).collect()
+        };
+        for handle in handles {
+            let _ = handle.tx.send(Command::Shutdown).await;
+        }
+        // Resolves once every room task has dropped its guard.
+        let _ = self.shared.all_stopped.lock().await.recv().await;
+    }
+
+    async fn call<T>(
+        &self,
+        id: &DocumentId,
+        command: impl Fn(Reply<T>) -> Command,
+    ) -> Result<T, RoomError> {
+        for _ in 0..ATTEMPTS {
+            let handle = self.handle(id)?;
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(command(reply)).await.is_err() {
+                self.shared.forget(id, handle.generation);
+                continue;
+            }
+            match answer.await {
+                Ok(Err(RoomError::Closed)) | Err(_) => {
+                    self.shared.forget(id, handle.generation);
+                }
+                Ok(result) => return result,
+            }
+        }
+        Err(RoomError::Closed)
+    }
+
+    /// The room for `id`, spawning it if needed. The room loads the document
+    /// itself, so no lock is held while the store is read and concurrent
+    /// first requests queue on the same room instead of loading twice.
+    fn handle(&self, id: &DocumentId) -> Result<RoomHandle, RoomError> {
+        let mut registry = self.shared.lock();
+        if let Some(handle) = registry.rooms.get(id) {
+            return Ok(handle.clone());
+        }
+        let guard = registry.stop_guard.clone().ok_or(RoomError::ShuttingDown)?;
+        let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.shared.config.queue);
+        let handle = RoomHandle { generation, tx };
+        registry.rooms.insert(id.clone(), handle.clone());
+        drop(registry);
+        room::spawn(Arc::clone(&self.shared), id.clone(), generation, rx, guard);
+        Ok(handle)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every critical section is a single insert/remove), so keep going.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop the registry entry of room `generation`, unless a newer room
+    /// has replaced it already.
+    fn forget(&self, id: &DocumentId, generation: u64) {
+        let mut registry = self.lock();
+        if registry
+            .rooms
+            .get(id)
+            .is_some_and(|h| h.generation == generation)
+        {
+            registry.rooms.remove(id);
+        }
+    }
+}

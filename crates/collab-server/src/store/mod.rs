@@ -1,0 +1,298 @@
+//! Persistence behind one small trait, so the rooms and routes do not care
+//! whether documents live in SQLite (the embedded default) or PostgreSQL.
+//!
+//! The operation log is the source of truth: a document's content is its
+//! latest snapshot plus the operations committed after it. Every write that
+//! changes a document's revision goes through [`DocumentStore::append_ops`],
+//! which checks the expected revision, so two writers can never interleave.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use collab_ot::Operation;
+
+use crate::domain::{DocumentId, Timestamp, Title};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A document's metadata: everything but its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentMeta {
+    pub id: DocumentId,
+    pub title: String,
+    pub rev: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A document to create, at revision 0 with a snapshot of `content`.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: DocumentId,
+    pub title: Title,
+    pub content: String,
+}
+
+/// One committed operation as the log keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOp {
+    /// The revision this operation produced.
+    pub rev: u64,
+    pub op: Operation,
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+    pub created_at: Timestamp,
+}
+
+/// An operation to append; `rev` must continue the log without a gap.
+#[derive(Debug, Clone)]
+pub struct NewOp {
+    pub rev: u64,
+    pub op: Operation,
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+}
+
+/// What a room needs to rebuild a document: a snapshot and the tail of the
+/// log after it.
+#[derive(Debug, Clone)]
+pub struct LoadedDocument {
+    pub meta: DocumentMeta,
+    pub snapshot_rev: u64,
+    pub snapshot: String,
+    pub tail: Vec<StoredOp>,
+    /// The newest snapshot's revision (at or after `snapshot_rev`).
+    pub latest_snapshot_rev: u64,
+}
+
+impl LoadedDocument {
+    /// Assemble a load result, refusing a tail with gaps or one that does not
+    /// end at the document's revision.
+    fn checked(
+        meta: DocumentMeta,
+        (snapshot_rev, snapshot): (u64, String),
+        tail: Vec<StoredOp>,
+        latest_snapshot_rev: u64,
+    ) -> Result<Self, StoreError> {
+        let contiguous = tail
+            .iter()
+            .enumerate()
+            .all(|(i, op)| op.rev == snapshot_rev + 1 + i as u64);
+        let end = tail.last().map_or(snapshot_rev, |op| op.rev);
+        if !contiguous || end != meta.rev {
+            return Err(StoreError::Corrupt(format!(
+                "document {} at rev {}: snapshot {snapshot_rev} and op tail do not reach it",
+                meta.id, meta.rev
+            )));
+        }
+        Ok(Self {
+            meta,
+            snapshot_rev,
+            snapshot,
+            tail,
+            latest_snapshot_rev: latest_snapshot_rev.max(snapshot_rev),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("document not found")]
+    NotFound,
+    /// A uniqueness rule was hit: a taken id, a revision someone else already
+    /// wrote, or a `(client_id, seq)` committed before.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached (closed pool, timeout, I/O).
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Data in the database that this code would never have written.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?}: use sqlite:// or postgres://")]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolClosed
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            // Every foreign key points at `documents`: the document is gone.
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    /// Short name of the backend, for `/health` and logs.
+    fn backend(&self) -> &'static str;
+
+    /// Run the embedded migrations; idempotent.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// A real round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Close every connection; later calls fail with `Unavailable`.
+    async fn close(&self);
+
+    /// Create a document at revision 0 with a snapshot of its initial content.
+    /// `Conflict` when the id is taken.
+    async fn create_document(&self, new: NewDocument) -> Result<DocumentMeta, StoreError>;
+
+    async fn document(&self, id: &DocumentId) -> Result<Option<DocumentMeta>, StoreError>;
+
+    /// A page of documents, newest `updated_at` first, and the total count.
+    async fn list_documents(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DocumentMeta>, u64), StoreError>;
+
+    /// Set the title (bumps `updated_at`); `None` when there is no such document.
+    async fn rename_document(
+        &self,
+        id: &DocumentId,
+        title: &Title,
+    ) -> Result<Option<DocumentMeta>, StoreError>;
+
+    /// Delete a document with its log and snapshots; false when there was none.
+    async fn delete_document(&self, id: &DocumentId) -> Result<bool, StoreError>;
+
+    /// The newest snapshot at least `history` revisions old (or the initial
+    /// one) and the op tail after it, read consistently. Replaying the tail
+    /// gives the current content *and* the last `history` ops, so a reloaded
+    /// room can still transform late edits and resume clients.
+    async fn load(
+        &self,
+        id: &DocumentId,
+        history: u64,
+    ) -> Result<Option<LoadedDocument>, StoreError>;
+
+    /// Append ops in one transaction and move `documents.rev` to the last one.
+    ///
+    /// The first op must have `rev == documents.rev + 1` and the rest follow
+    /// without gaps: anything else is a `Conflict` (someone else wrote), as is
+    /// a `(client_id, seq)` that was committed before. `NotFound` when the
+    /// document is gone. Nothing is written unless everything is.
+    async fn append_ops(&self, id: &DocumentId, ops: &[NewOp]) -> Result<(), StoreError>;
+
+    /// Committed ops producing revisions `since+1 ..`, oldest first, at most `limit`.
+    async fn ops_since(
+        &self,
+        id: &DocumentId,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredOp>, StoreError>;
+
+    /// The revision at which `(client_id, seq)` was committed, if it was.
+    async fn find_committed(
+        &self,
+        id: &DocumentId,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Store the content at `rev` (a no-op if that snapshot exists).
+    async fn save_snapshot(
+        &self,
+        id: &DocumentId,
+        rev: u64,
+        content: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Delete snapshots that `load(id, _)` with revision at least `rev` can
+    /// no longer pick: those older than the newest one at or before `rev`.
+    /// The initial snapshot (rev 0) stays, so with the log every revision
+    /// remains reconstructible.
+    async fn prune_snapshots(&self, id: &DocumentId, rev: u64) -> Result<(), StoreError>;
+
+    async fn latest_snapshot_rev(&self, id: &DocumentId) -> Result<Option<u64>, StoreError>;
+}
+
+/// Open the store that `url` names (`sqlite:` or `postgres:`/`postgresql:`),
+/// creating the database when it does not exist yet. Does not migrate.
+pub async fn open_store(url: &str) -> Result<Arc<dyn DocumentStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+// Both databases store integers as signed 64-bit; these conversions are where
+// a negative or oversized value would surface as corruption, not a panic.
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} does not fit in a BIGINT")))
+}
+
+fn to_u64(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative value {n}")))
+}
+
+fn parse_id(s: String) -> Result<DocumentId, StoreError> {
+    DocumentId::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("bad document id {s:?}")))
+}
+
+fn parse_op(json: &str) -> Result<Operation, StoreError> {
+    Operation::from_json(json).map_err(|e| StoreError::Corrupt(format!("bad stored op: {e}")))
+}
+
+/// Check that `ops` continue a log at `current` without gaps.
+fn check_contiguous(current: u64, ops: &[NewOp]) -> Result<(), StoreError> {
+    for (i, op) in ops.iter().enumerate() {
+        let expected = current + 1 + i as u64;
+        if op.rev != expected {
+            return Err(StoreError::Conflict(format!(
+                "expected rev {expected}, got {}",
+                op.rev
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A row of `documents` as both backends read it.
+type MetaRow = (String, String, i64, i64, i64);
+
+fn meta_from_row((id, title, rev, created, updated): MetaRow) -> Result<DocumentMeta, StoreError> {
+    Ok(DocumentMeta {
+        id: parse_id(id)?,
+        title,
+        rev: to_u64(rev)?,
+        created_at: Timestamp::from_millis(created),
+        updated_at: Timestamp::from_millis(updated),
+    })
+}
+
+/// A row of `operations` as both backends read it.
+type OpRow = (i64, String, Option<String>, Option<i64>, i64);
+
+fn op_from_row((rev, op, client_id, seq, created): OpRow) -> Result<StoredOp, StoreError> {
+    Ok(StoredOp {
+        rev: to_u64(rev)?,
+        op: parse_op(&op)?,
+        client_id,
+        seq: seq.map(to_u64).transpose()?,
+        created_at: Timestamp::from_millis(created),
+    })
+}

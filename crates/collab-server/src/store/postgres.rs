@@ -1,0 +1,337 @@
+//! PostgreSQL, for deployments where several processes share one database.
+//!
+//! Reads that must agree with each other (a page and its total, a snapshot
+//! and its op tail) run in REPEATABLE READ transactions, because the default
+//! READ COMMITTED gives every statement its own snapshot.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::{
+    check_contiguous, meta_from_row, op_from_row, to_i64, to_u64, DocumentMeta, DocumentStore,
+    LoadedDocument, MetaRow, NewDocument, NewOp, OpRow, StoreError, StoredOp,
+};
+use crate::domain::{DocumentId, Timestamp, Title};
+
+const META_COLUMNS: &str = "id, title, rev, created_at, updated_at";
+const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url`, creating it first if it does not exist.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        if !Postgres::database_exists(url).await? {
+            Postgres::create_database(url).await?;
+        }
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_consistent_read(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+#[async_trait]
+impl DocumentStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn create_document(&self, new: NewDocument) -> Result<DocumentMeta, StoreError> {
+        let now = Timestamp::now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO documents (id, title, rev, created_at, updated_at) VALUES ($1, $2, 0, $3, $4)",
+        )
+        .bind(new.id.as_str())
+        .bind(new.title.as_str())
+        .bind(now.as_millis())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO snapshots (document_id, rev, content, created_at) VALUES ($1, 0, $2, $3)",
+        )
+        .bind(new.id.as_str())
+        .bind(&new.content)
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DocumentMeta {
+            id: new.id,
+            title: new.title.as_str().to_owned(),
+            rev: 0,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    async fn document(&self, id: &DocumentId) -> Result<Option<DocumentMeta>, StoreError> {
+        let row: Option<MetaRow> = sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM documents WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(meta_from_row).transpose()
+    }
+
+    async fn list_documents(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DocumentMeta>, u64), StoreError> {
+        let mut tx = self.begin_consistent_read().await?;
+        let rows: Vec<MetaRow> = sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM documents ORDER BY updated_at DESC, id ASC LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(limit))
+        .bind(to_i64(offset)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let items = rows
+            .into_iter()
+            .map(meta_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((items, to_u64(total)?))
+    }
+
+    async fn rename_document(
+        &self,
+        id: &DocumentId,
+        title: &Title,
+    ) -> Result<Option<DocumentMeta>, StoreError> {
+        let row: Option<MetaRow> = sqlx::query_as(&format!(
+            "UPDATE documents SET title = $1, updated_at = $2 WHERE id = $3 RETURNING {META_COLUMNS}"
+        ))
+        .bind(title.as_str())
+        .bind(Timestamp::now().as_millis())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(meta_from_row).transpose()
+    }
+
+    async fn delete_document(&self, id: &DocumentId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM documents WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn load(
+        &self,
+        id: &DocumentId,
+        history: u64,
+    ) -> Result<Option<LoadedDocument>, StoreError> {
+        let mut tx = self.begin_consistent_read().await?;
+        let meta: Option<MetaRow> = sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM documents WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(meta) = meta.map(meta_from_row).transpose()? else {
+            return Ok(None);
+        };
+        let base = to_i64(meta.rev.saturating_sub(history))?;
+        let snapshot: Option<(i64, String)> = sqlx::query_as(
+            "SELECT rev, content FROM snapshots WHERE document_id = $1 AND rev <= $2 \
+             ORDER BY rev DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(base)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (latest,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let (snapshot_rev, snapshot) = snapshot
+            .ok_or_else(|| StoreError::Corrupt(format!("document {id} has no snapshot")))?;
+        let tail: Vec<OpRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = $1 AND rev > $2 ORDER BY rev"
+        ))
+        .bind(id.as_str())
+        .bind(snapshot_rev)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let tail = tail
+            .into_iter()
+            .map(op_from_row)
+            .collect::<Result<Vec<StoredOp>, _>>()?;
+        let latest = to_u64(latest.unwrap_or(snapshot_rev))?;
+        LoadedDocument::checked(meta, (to_u64(snapshot_rev)?, snapshot), tail, latest).map(Some)
+    }
+
+    async fn append_ops(&self, id: &DocumentId, ops: &[NewOp]) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+            return Ok(());
+        };
+        let current = first.rev.saturating_sub(1);
+        check_contiguous(current, ops)?;
+        let now = Timestamp::now().as_millis();
+        let mut tx = self.pool.begin().await?;
+        // The conditional UPDATE row-locks the document, so concurrent
+        // appenders serialise here and the loser sees a moved `rev`.
+        let moved = sqlx::query(
+            "UPDATE documents SET rev = $1, updated_at = $2 WHERE id = $3 AND rev = $4",
+        )
+        .bind(to_i64(last.rev)?)
+        .bind(now)
+        .bind(id.as_str())
+        .bind(to_i64(current)?)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT rev FROM documents WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                None => StoreError::NotFound,
+                Some((rev,)) => {
+                    StoreError::Conflict(format!("document {id} is at rev {rev}, not {current}"))
+                }
+            });
+        }
+        for op in ops {
+            sqlx::query(
+                "INSERT INTO operations (document_id, rev, op, client_id, seq, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id.as_str())
+            .bind(to_i64(op.rev)?)
+            .bind(op.op.to_json())
+            .bind(op.client_id.as_deref())
+            .bind(op.seq.map(to_i64).transpose()?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ops_since(
+        &self,
+        id: &DocumentId,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredOp>, StoreError> {
+        let rows: Vec<OpRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = $1 AND rev > $2 \
+             ORDER BY rev LIMIT $3"
+        ))
+        .bind(id.as_str())
+        .bind(to_i64(since)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(op_from_row).collect()
+    }
+
+    async fn find_committed(
+        &self,
+        id: &DocumentId,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT rev FROM operations WHERE document_id = $1 AND client_id = $2 AND seq = $3",
+        )
+        .bind(id.as_str())
+        .bind(client_id)
+        .bind(to_i64(seq)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(rev,)| to_u64(rev)).transpose()
+    }
+
+    async fn save_snapshot(
+        &self,
+        id: &DocumentId,
+        rev: u64,
+        content: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (document_id, rev, content, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (document_id, rev) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .bind(content)
+        .bind(Timestamp::now().as_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn prune_snapshots(&self, id: &DocumentId, rev: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM snapshots WHERE document_id = $1 AND rev > 0 AND rev < \
+             (SELECT MAX(rev) FROM snapshots WHERE document_id = $1 AND rev <= $2)",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn latest_snapshot_rev(&self, id: &DocumentId) -> Result<Option<u64>, StoreError> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.and_then(|(rev,)| rev).map(to_u64).transpose()
+    }
+}

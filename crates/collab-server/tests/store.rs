@@ -1,0 +1,191 @@
+//! The storage trait's rules, on both backends, without HTTP: the op log
+//! refuses gaps, rewrites and repeated `(client_id, seq)`, writes all or
+//! nothing, and snapshots are kept just long enough.
+
+#[macro_use]
+mod common;
+
+use collab_ot::Operation;
+use collab_server::domain::{DocumentId, Title};
+use collab_server::seed;
+use collab_server::store::{open_store, DocumentStore, NewDocument, NewOp, StoreError};
+use collab_server::AppState;
+use common::TestDb;
+
+async fn open(db: &TestDb) -> std::sync::Arc<dyn DocumentStore> {
+    let store = open_store(&db.url).await.expect("open");
+    store.migrate().await.expect("migrate");
+    // Migrating twice is fine (`init-db` and `serve` both do it).
+    store.migrate().await.expect("migrate again");
+    store
+}
+
+fn op(rev: u64, text: &str, client: Option<(&str, u64)>) -> NewOp {
+    NewOp {
+        rev,
+        op: Operation::insert(0, text),
+        client_id: client.map(|(c, _)| c.to_owned()),
+        seq: client.map(|(_, s)| s),
+    }
+}
+
+async fn the_log_has_no_gaps_or_repeats(db: &TestDb) {
+    let store = open(db).await;
+    let id = DocumentId::parse("doc").unwrap();
+    let missing = DocumentId::parse("missing").unwrap();
+    store
+        .create_document(NewDocument {
+            id: id.clone(),
+            title: Title::parse("Doc").unwrap(),
+            content: String::new(),
+        })
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        store.append_ops(&missing, &[op(1, "x", None)]).await,
+        Err(StoreError::NotFound)
+    ));
+    // Not the next revision, or a gap inside the batch.
+    for bad in [
+        vec![op(2, "x", None)],
+        vec![op(1, "x", None), op(3, "y", None)],
+    ] {
+        assert!(matches!(
+            store.append_ops(&id, &bad).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    store
+        .append_ops(&id, &[op(1, "a", Some(("c", 1))), op(2, "b", None)])
+        .await
+        .unwrap();
+    // Rewriting a revision, or committing a (client_id, seq) twice.
+    assert!(matches!(
+        store.append_ops(&id, &[op(2, "z", None)]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .append_ops(&id, &[op(3, "z", None), op(4, "w", Some(("c", 1)))])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // ... and a failed batch wrote nothing.
+    assert_eq!(store.document(&id).await.unwrap().unwrap().rev, 2);
+    assert_eq!(store.ops_since(&id, 0, 100).await.unwrap().len(), 2);
+    assert_eq!(store.find_committed(&id, "c", 1).await.unwrap(), Some(1));
+    assert_eq!(store.find_committed(&id, "c", 2).await.unwrap(), None);
+    assert_eq!(store.find_committed(&id, "other", 1).await.unwrap(), None);
+    // Other documents have their own (client_id, seq) space.
+    store
+        .create_document(NewDocument {
+            id: DocumentId::parse("two").unwrap(),
+            title: Title::parse("Two").unwrap(),
+            content: String::new(),
+        })
+        .await
+        .unwrap();
+    store
+        .append_ops(
+            &DocumentId::parse("two").unwrap(),
+            &[op(1, "q", Some(("c", 1)))],
+        )
+        .await
+        .unwrap();
+
+    let loaded = store.load(&id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (loaded.snapshot_rev, loaded.tail.len(), loaded.meta.rev),
+        (0, 2, 2)
+    );
+    store.close().await;
+}
+
+async fn snapshots_are_pruned_but_history_stays_loadable(db: &TestDb) {
+    let store = open(db).await;
+    let id = DocumentId::parse("doc").unwrap();
+    store
+        .create_document(NewDocument {
+            id: id.clone(),
+            title: Title::parse("Doc").unwrap(),
+            content: "0".into(),
+        })
+        .await
+        .unwrap();
+    let mut content = String::from("0");
+    for rev in 1..=30u64 {
+        let text = (rev % 10).to_string();
+        store
+            .append_ops(&id, &[op(rev, &text, None)])
+            .await
+            .unwrap();
+        content.insert_str(0, &text);
+        if rev % 5 == 0 {
+            store.save_snapshot(&id, rev, &content).await.unwrap();
+            // As a room with a 12-op history window does.
+            store
+                .prune_snapshots(&id, rev.saturating_sub(12))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.latest_snapshot_rev(&id).await.unwrap(), Some(30));
+    // With history 12 the load must start at or before rev 18: snapshot 15.
+    let loaded = store.load(&id, 12).await.unwrap().unwrap();
+    assert_eq!((loaded.snapshot_rev, loaded.tail.len()), (15, 15));
+    assert_eq!(loaded.latest_snapshot_rev, 30);
+    let mut rebuilt = loaded.snapshot.clone();
+    for stored in &loaded.tail {
+        rebuilt = stored.op.apply_str(&rebuilt).unwrap();
+    }
+    assert_eq!(rebuilt, content);
+    // Snapshots older than 15 are gone, except the initial one.
+    let from_start = store.load(&id, 100).await.unwrap().unwrap();
+    assert_eq!(
+        (from_start.snapshot_rev, from_start.snapshot.as_str()),
+        (0, "0")
+    );
+    let latest = store.load(&id, 0).await.unwrap().unwrap();
+    assert_eq!((latest.snapshot_rev, latest.snapshot), (30, content));
+    // Deleting the document takes its log and snapshots with it.
+    assert!(store.delete_document(&id).await.unwrap());
+    assert!(store.load(&id, 0).await.unwrap().is_none());
+    assert_eq!(store.latest_snapshot_rev(&id).await.unwrap(), None);
+    assert!(!store.delete_document(&id).await.unwrap());
+    store.close().await;
+}
+
+async fn seeding_is_idempotent(db: &TestDb) {
+    let config = common::test_config(db);
+    let state = AppState::connect(&config).await.unwrap();
+    let report = seed::seed(&state).await.unwrap();
+    assert_eq!(report.created.len(), 3);
+    assert!(report.skipped.is_empty());
+    let again = seed::seed(&state).await.unwrap();
+    assert!(again.created.is_empty());
+    assert_eq!(again.skipped.len(), 3);
+    let welcome = DocumentId::parse("welcome").unwrap();
+    let doc = state.rooms.read(&welcome).await.unwrap();
+    assert_eq!(
+        (doc.content.as_str(), doc.rev),
+        (
+            "👋 Welcome friends to collab!\nEdit this document together.\n",
+            3
+        )
+    );
+    let list = state
+        .rooms
+        .read(&DocumentId::parse("shopping-list").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(list.content, "- oat milk\n- bread\n- apples\n");
+    state.rooms.shutdown().await;
+    state.store.close().await;
+}
+
+backend_tests!(
+    the_log_has_no_gaps_or_repeats,
+    snapshots_are_pruned_but_history_stays_loadable,
+    seeding_is_idempotent,
+);
