@@ -242,7 +242,7 @@ impl Task {
                 if !code.is_recoverable() {
                     return Err(Ended::Closed(code));
                 }
-                if ours && code == ErrorCode::RateLimited {
+                if ours && matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
                     // Not applied: try again a little later on a fresh connection.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     return Err(Ended::Dropped);

@@ -112,6 +112,9 @@ pub enum ErrorCode {
     NotFound,
     DocumentDeleted,
     Unauthorized,
+    /// The server could not take the edit right now (its store failed); the
+    /// client reconnects and resends, nothing was applied.
+    Unavailable,
     /// Anything this version does not know; keeps old clients parsing new servers.
     #[serde(other)]
     Unknown,

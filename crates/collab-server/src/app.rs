@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::rooms::Rooms;
 use crate::routes;
+use crate::snapshot::SnapshotNotifier;
 use crate::store::{self, DocumentStore, StoreError};
 
 /// What every request handler can reach. Cheap to clone.
@@ -24,6 +26,9 @@ pub struct AppState {
     pub store: Arc<dyn DocumentStore>,
     pub rooms: Rooms,
     pub limits: Limits,
+    /// Turns true when the server starts shutting down, so long-lived
+    /// WebSocket sessions close and let the graceful shutdown finish.
+    pub closing: watch::Receiver<bool>,
 }
 
 /// The wire contract's §4 limits, as configured.
@@ -38,7 +43,12 @@ pub struct Limits {
 impl AppState {
     pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Self {
         Self {
-            rooms: Rooms::new(Arc::clone(&store), config.room_config()),
+            rooms: Rooms::new(
+                Arc::clone(&store),
+                config.room_config(),
+                SnapshotNotifier::disabled(),
+            ),
+            closing: watch::channel(false).1,
             store,
             limits: Limits {
                 max_message_bytes: config.max_message_bytes,
@@ -76,10 +86,17 @@ pub fn router(state: AppState) -> Router {
 /// stop every room after it has stored what it holds.
 pub async fn run(
     listener: TcpListener,
-    state: AppState,
+    mut state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let rooms = state.rooms.clone();
+    let (closing_tx, closing) = watch::channel(false);
+    state.closing = closing;
+    let shutdown = async move {
+        shutdown.await;
+        // WebSocket sessions never finish by themselves: tell them to close.
+        let _ = closing_tx.send(true);
+    };
     let app = router(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");

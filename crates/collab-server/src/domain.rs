@@ -19,13 +19,17 @@ pub const MAX_TITLE_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocumentId(String);
 
+/// The contract's rule for every id a client may choose: `[A-Za-z0-9_-]{1,64}`.
+fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl DocumentId {
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        ok.then(|| Self(s.to_owned()))
+        is_valid_id(s).then(|| Self(s.to_owned()))
     }
 
     /// A fresh random id; 32 lowercase hex characters, so it always parses.
@@ -47,6 +51,29 @@ impl fmt::Display for DocumentId {
 impl Serialize for DocumentId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+/// A live client's id (`client_id` of the WebSocket protocol), same rule as
+/// document ids; generated when the client brings none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub fn parse(s: &str) -> Option<Self> {
+        is_valid_id(s).then(|| Self(s.to_owned()))
+    }
+
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod rooms;
 mod routes;
 pub mod seed;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 

@@ -6,9 +6,9 @@
 //! This module is the registry (id → handle, lazy loading, unloading,
 //! shutdown); [`room`] is the task itself.
 //!
-//! Live WebSocket sessions (issue 4) join a room through the same handle:
-//! they add `Join`/`Leave`/`Presence` commands and receive broadcasts, and an
-//! idle room with sessions stays loaded.
+//! Live WebSocket sessions join a room ([`Rooms::join`]) and then talk to it
+//! through a [`SessionLink`]; the room pushes frames to each session over a
+//! bounded queue, and a room with sessions never unloads.
 
 mod room;
 
@@ -20,8 +20,13 @@ use std::time::Duration;
 use collab_ot::{DocumentLimits, Operation, SubmitError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::DocumentId;
+use crate::domain::{ClientId, DocumentId};
+use crate::snapshot::SnapshotNotifier;
 use crate::store::{DocumentStore, StoreError};
+
+/// One text frame for a session's socket, serialized once and shared by
+/// every session it is broadcast to.
+pub type Frame = Arc<str>;
 
 /// How rooms behave; built from [`crate::config::Config`].
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +38,10 @@ pub struct RoomConfig {
     pub snapshot_every_ops: u64,
     /// Commands a room queues before senders wait (backpressure).
     pub queue: usize,
+    /// Frames queued for one session before the room gives up on it: a
+    /// client that cannot keep up is disconnected (it resumes) rather than
+    /// allowed to stall its room.
+    pub session_queue: usize,
 }
 
 impl Default for RoomConfig {
@@ -42,6 +51,7 @@ impl Default for RoomConfig {
             idle: Duration::from_secs(300),
             snapshot_every_ops: 500,
             queue: 256,
+            session_queue: 1024,
         }
     }
 }
@@ -99,10 +109,98 @@ enum Command {
         submission: Submission,
         reply: Reply<u64>,
     },
+    /// A WebSocket session joins; the reply is its `welcome` frame.
+    Join {
+        session: u64,
+        request: JoinRequest,
+        reply: Reply<Frame>,
+    },
+    /// An op from a session; answered with an `ack` or `error` frame.
+    SessionOp {
+        session: u64,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+    },
+    SessionPresence {
+        session: u64,
+        selection: Option<[usize; 2]>,
+        user: Option<serde_json::Value>,
+    },
+    Leave {
+        session: u64,
+    },
     /// The document was deleted: stop without a snapshot.
     Deleted,
     /// The server is stopping: commit what is pending, snapshot, stop.
     Shutdown,
+}
+
+/// What a session brings when it joins.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub client_id: ClientId,
+    /// The revision the client already has, when resuming.
+    pub since: Option<u64>,
+    /// Where the room sends this session's frames; closed by the room when
+    /// the session must go (document deleted, too slow, server stopping).
+    pub outbound: mpsc::Sender<Frame>,
+}
+
+/// A joined session: its welcome, and its line to the room.
+pub struct Joined {
+    pub welcome: Frame,
+    pub link: SessionLink,
+}
+
+/// A session's line to its room. The room is gone when a call fails.
+pub struct SessionLink {
+    session: u64,
+    tx: mpsc::Sender<Command>,
+}
+
+/// The room has stopped; the session must end.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomGone;
+
+impl SessionLink {
+    /// Hands an op to the room; its `ack` or `error` arrives as a frame.
+    /// Waits while the room's queue is full, which slows this client down.
+    pub async fn submit(&self, seq: u64, base_rev: u64, op: Operation) -> Result<(), RoomGone> {
+        self.send(Command::SessionOp {
+            session: self.session,
+            seq,
+            base_rev,
+            op,
+        })
+        .await
+    }
+
+    pub async fn presence(
+        &self,
+        selection: Option<[usize; 2]>,
+        user: Option<serde_json::Value>,
+    ) -> Result<(), RoomGone> {
+        self.send(Command::SessionPresence {
+            session: self.session,
+            selection,
+            user,
+        })
+        .await
+    }
+
+    /// Tells the room this session has ended.
+    pub async fn leave(self) {
+        let _ = self
+            .send(Command::Leave {
+                session: self.session,
+            })
+            .await;
+    }
+
+    async fn send(&self, command: Command) -> Result<(), RoomGone> {
+        self.tx.send(command).await.map_err(|_| RoomGone)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +218,9 @@ pub struct Rooms {
 struct Shared {
     store: Arc<dyn DocumentStore>,
     config: RoomConfig,
+    snapshots: SnapshotNotifier,
     next_generation: AtomicU64,
+    next_session: AtomicU64,
     registry: Mutex<Registry>,
     /// Closed when every room task has ended (mini-redis's shutdown pattern):
     /// each room holds a sender clone, and the registry drops its own on shutdown.
@@ -138,13 +238,19 @@ struct Registry {
 const ATTEMPTS: usize = 3;
 
 impl Rooms {
-    pub fn new(store: Arc<dyn DocumentStore>, config: RoomConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn DocumentStore>,
+        config: RoomConfig,
+        snapshots: SnapshotNotifier,
+    ) -> Self {
         let (stop_guard, all_stopped) = mpsc::channel(1);
         Self {
             shared: Arc::new(Shared {
                 store,
                 config,
+                snapshots,
                 next_generation: AtomicU64::new(0),
+                next_session: AtomicU64::new(0),
                 registry: Mutex::new(Registry {
                     rooms: HashMap::new(),
                     stop_guard: Some(stop_guard),
@@ -169,6 +275,52 @@ impl Rooms {
         .await
     }
 
+    /// Joins a live session to the document's room. The session then gets
+    /// every committed op (and presence) in order through its outbound
+    /// queue, starting right after the returned welcome.
+    pub async fn join(&self, id: &DocumentId, request: JoinRequest) -> Result<Joined, RoomError> {
+        let session = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        // Retried like any call when the room unloads under us; the request
+        // is consumed by whichever room answers.
+        let mut request = Some(request);
+        for _ in 0..ATTEMPTS {
+            let handle = self.handle(id)?;
+            let (reply, answer) = oneshot::channel();
+            let Some(req) = request.take() else { break };
+            let command = Command::Join {
+                session,
+                request: req,
+                reply,
+            };
+            if let Err(mpsc::error::SendError(command)) = handle.tx.send(command).await {
+                self.shared.forget(id, handle.generation);
+                if let Command::Join { request: req, .. } = command {
+                    request = Some(req);
+                }
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(welcome)) => {
+                    return Ok(Joined {
+                        welcome,
+                        link: SessionLink {
+                            session,
+                            tx: handle.tx,
+                        },
+                    })
+                }
+                Ok(Err(RoomError::Closed)) | Err(_) => {
+                    // The room stopped before taking the request; it is lost
+                    // with it, and so is the session's outbound sender.
+                    self.shared.forget(id, handle.generation);
+                    return Err(RoomError::Closed);
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Err(RoomError::Closed)
+    }
+
     /// Tell the document's room, if it is open, that the document is gone.
     pub async fn document_deleted(&self, id: &DocumentId) {
         let handle = self.shared.lock().rooms.remove(id);
@@ -176,6 +328,11 @@ impl Rooms {
             // A room that already stopped has nothing to be told.
             let _ = handle.tx.send(Command::Deleted).await;
         }
+    }
+
+    /// Frames a session's outbound queue holds (see [`RoomConfig::session_queue`]).
+    pub fn session_queue(&self) -> usize {
+        self.shared.config.session_queue.max(1)
     }
 
     /// How many rooms are loaded now.

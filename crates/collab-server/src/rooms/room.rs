@@ -1,18 +1,21 @@
-//! The task behind one open document.
+//! The task behind one open document (the brief's `sync_service`).
 //!
-//! It owns the `collab_ot::Document`, takes commands one batch at a time and
-//! writes each batch's new ops in one transaction (group commit) before it
-//! answers any of them. If that write fails, it throws its in-memory state
-//! away and reloads from the log on the next command, so memory never holds
-//! an op the log does not.
+//! It owns the `collab_ot::Document` and its live sessions. It takes commands
+//! one batch at a time, runs each edit through the engine, writes the batch's
+//! new ops in one transaction (group commit), and only then acknowledges them
+//! and broadcasts them, in revision order. If the write fails, it throws its
+//! in-memory state away and reloads from the log on the next command, so
+//! memory never holds an op the log does not, and no client ever sees one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
 use collab_ot::{Committed, Document, Rope, SubmitError, Submitted};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
-use super::{Command, DocState, Reply, RoomError, Shared, Submission};
+use super::{Command, DocState, Frame, JoinRequest, Reply, RoomError, Shared, Submission};
 use crate::domain::DocumentId;
 use crate::store::{NewOp, StoreError};
 
@@ -35,7 +38,8 @@ pub(super) fn spawn(
         doc: None,
         snapshot_rev: 0,
         staged: Vec::new(),
-        waiting: Vec::new(),
+        answers: Vec::new(),
+        sessions: HashMap::new(),
         gone: false,
         _stop_guard: stop_guard,
     };
@@ -50,6 +54,28 @@ enum Exit {
     Deleted,
 }
 
+/// Who is waiting for an edit's outcome.
+#[derive(Debug)]
+enum Origin {
+    Rest(Reply<u64>),
+    Session { session: u64, seq: u64 },
+}
+
+/// An edit's outcome, answered once the staged ops are stored.
+#[derive(Debug)]
+enum Answer {
+    /// Newly committed: the next op of `staged`, in order.
+    Applied(Origin),
+    /// Committed before, at `rev`.
+    Duplicate(Origin, u64),
+}
+
+/// A connected WebSocket session.
+struct Session {
+    client_id: String,
+    outbound: mpsc::Sender<Frame>,
+}
+
 struct Room {
     shared: Arc<Shared>,
     id: DocumentId,
@@ -59,8 +85,9 @@ struct Room {
     snapshot_rev: u64,
     /// Ops applied in memory but not yet in the log, in revision order.
     staged: Vec<NewOp>,
-    /// Submitters waiting for `staged` to be written, with their revisions.
-    waiting: Vec<(Reply<u64>, u64)>,
+    /// Outcomes waiting for `staged` to be written, in the order they came.
+    answers: Vec<Answer>,
+    sessions: HashMap<u64, Session>,
     /// The document does not exist (any more).
     gone: bool,
     /// Dropped when this task ends; see [`Shared::all_stopped`].
@@ -70,12 +97,17 @@ struct Room {
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let exit = loop {
-            let first = match tokio::time::timeout(self.shared.config.idle, rx.recv()).await {
-                Ok(Some(command)) => command,
-                // Every handle is gone: nobody can reach this room any more.
-                Ok(None) => break Exit::Idle,
-                Err(_elapsed) => break Exit::Idle,
+            // Only a room nobody is connected to counts down to unloading.
+            let next = if self.sessions.is_empty() {
+                tokio::time::timeout(self.shared.config.idle, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                rx.recv().await
             };
+            // No command (idle, or every handle gone): nobody needs this room.
+            let Some(first) = next else { break Exit::Idle };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -87,16 +119,7 @@ impl Room {
             for command in batch {
                 match (exit, command) {
                     (Some(exit), command) => refuse(command, exit),
-                    (None, Command::Submit { submission, reply }) => {
-                        self.stage(submission, reply).await;
-                    }
-                    (None, Command::Read { reply }) => {
-                        // A read must not see ops that are not stored yet.
-                        self.flush().await;
-                        let _ = reply.send(self.read().await);
-                    }
-                    (None, Command::Deleted) => exit = Some(Exit::Deleted),
-                    (None, Command::Shutdown) => exit = Some(Exit::Shutdown),
+                    (None, command) => exit = self.handle(command).await,
                 }
             }
             self.flush().await;
@@ -115,24 +138,103 @@ impl Room {
         while let Some(command) = rx.recv().await {
             refuse(command, exit);
         }
-        if exit != Exit::Deleted {
-            self.snapshot(true).await;
+        if exit == Exit::Deleted {
+            let frame = error_frame(
+                ErrorCode::DocumentDeleted,
+                "this document was deleted",
+                None,
+            );
+            for session in self.sessions.values() {
+                let _ = session.outbound.try_send(Arc::clone(&frame));
+            }
+        } else {
+            self.snapshot().await;
         }
+        // Dropping the sessions' senders ends their connections.
+        self.sessions.clear();
         debug!(?exit, "room stopped");
     }
 
-    /// Run a submission through the engine; its answer waits for the flush.
-    async fn stage(&mut self, submission: Submission, reply: Reply<u64>) {
-        match self.apply(submission).await {
-            Ok(rev) => self.waiting.push((reply, rev)),
-            // A refused op changed nothing, so it can be answered right away.
-            Err(e) => {
-                let _ = reply.send(Err(e));
+    /// Runs one command; `Some` when the room must stop after this batch.
+    async fn handle(&mut self, command: Command) -> Option<Exit> {
+        match command {
+            Command::Submit { submission, reply } => {
+                self.stage(submission, Origin::Rest(reply)).await;
             }
+            Command::SessionOp {
+                session,
+                seq,
+                base_rev,
+                op,
+            } => {
+                // A session the room already let go of has nobody to answer.
+                if let Some(s) = self.sessions.get(&session) {
+                    let submission = Submission {
+                        client_id: Some(s.client_id.clone()),
+                        seq: Some(seq),
+                        base_rev,
+                        op,
+                    };
+                    self.stage(submission, Origin::Session { session, seq })
+                        .await;
+                }
+            }
+            Command::Read { reply } => {
+                // A read must not see ops that are not stored yet.
+                self.flush().await;
+                let _ = reply.send(self.read().await);
+            }
+            Command::Join {
+                session,
+                request,
+                reply,
+            } => {
+                self.flush().await;
+                let _ = reply.send(self.join(session, request).await);
+            }
+            Command::SessionPresence {
+                session,
+                selection,
+                user,
+            } => self.presence(session, selection, user),
+            Command::Leave { session } => self.leave(session),
+            Command::Deleted => return Some(Exit::Deleted),
+            Command::Shutdown => return Some(Exit::Shutdown),
+        }
+        None
+    }
+
+    /// Runs an edit through the engine; its answer waits for the flush.
+    async fn stage(&mut self, submission: Submission, origin: Origin) {
+        match self.apply(submission).await {
+            Ok(Submitted::Applied(committed)) => {
+                self.staged.push(NewOp {
+                    rev: committed.rev,
+                    op: committed.op,
+                    client_id: committed.client_id,
+                    seq: committed.seq,
+                });
+                self.answers.push(Answer::Applied(origin));
+            }
+            Ok(Submitted::Duplicate { rev }) => self.answers.push(Answer::Duplicate(origin, rev)),
+            // A refused op changed nothing, so it can be answered right away.
+            Err(e) => match origin {
+                Origin::Rest(reply) => {
+                    let _ = reply.send(Err(e));
+                }
+                Origin::Session { session, seq } => {
+                    let (code, message) = session_error(&e);
+                    self.send_to(session, error_frame(code, &message, Some(seq)));
+                    if !code.is_recoverable() || matches!(e, RoomError::Store(_)) {
+                        // The client must start over on a fresh connection.
+                        self.drop_session(session, "its edit could not be taken");
+                    }
+                }
+            },
         }
     }
 
-    async fn apply(&mut self, submission: Submission) -> Result<u64, RoomError> {
+    async fn apply(&mut self, submission: Submission) -> Result<Submitted, RoomError> {
         self.ensure_loaded().await?;
         let Some(doc) = self.doc.as_mut() else {
             return Err(RoomError::NotFound);
@@ -155,23 +257,12 @@ impl Room {
                     .await?
                 {
                     doc.remember(client, seq, rev);
-                    return Ok(rev);
+                    return Ok(Submitted::Duplicate { rev });
                 }
             }
         }
 
         match doc.submit(client_id.as_deref(), seq, base_rev, op) {
-            Ok(Submitted::Applied(committed)) => {
-                let rev = committed.rev;
-                self.staged.push(NewOp {
-                    rev,
-                    op: committed.op,
-                    client_id: committed.client_id,
-                    seq: committed.seq,
-                });
-                Ok(rev)
-            }
-            Ok(Submitted::Duplicate { rev }) => Ok(rev),
             // Older than the history in memory: the log still knows.
             Err(SubmitError::StaleSeq { seq: stale, last }) => {
                 let client = client_id.as_deref().unwrap_or_default();
@@ -181,17 +272,18 @@ impl Room {
                     .find_committed(&self.id, client, stale)
                     .await?
                 {
-                    Some(rev) => Ok(rev),
+                    Some(rev) => Ok(Submitted::Duplicate { rev }),
                     None => Err(SubmitError::StaleSeq { seq: stale, last }.into()),
                 }
             }
-            Err(e) => Err(e.into()),
+            other => Ok(other?),
         }
     }
 
-    /// Write the staged ops in one transaction, then answer their submitters.
+    /// Writes the staged ops in one transaction, then answers and broadcasts
+    /// them in revision order.
     async fn flush(&mut self) {
-        if self.waiting.is_empty() && self.staged.is_empty() {
+        if self.answers.is_empty() {
             return;
         }
         let result = if self.staged.is_empty() {
@@ -199,30 +291,198 @@ impl Room {
         } else {
             self.shared.store.append_ops(&self.id, &self.staged).await
         };
-        self.staged.clear();
-        match result {
-            Ok(()) => {
-                // Issue 4 broadcasts the written ops to the sessions here, in
-                // revision order, alongside these acknowledgements.
-                for (reply, rev) in self.waiting.drain(..) {
-                    let _ = reply.send(Ok(rev));
+        let staged = std::mem::take(&mut self.staged);
+        let answers = std::mem::take(&mut self.answers);
+        if let Err(e) = result {
+            self.write_failed(e, answers);
+            return;
+        }
+        let mut ops = staged.into_iter();
+        for answer in answers {
+            match answer {
+                Answer::Applied(origin) => {
+                    let op = ops.next().expect("one staged op per applied answer");
+                    let rev = op.rev;
+                    let author = match &origin {
+                        Origin::Session { session, .. } => Some(*session),
+                        Origin::Rest(_) => None,
+                    };
+                    let frame = frame(&ServerMessage::Op {
+                        rev,
+                        op: op.op,
+                        client_id: op.client_id,
+                        seq: op.seq,
+                    });
+                    self.broadcast(&frame, author);
+                    self.answer(origin, rev);
                 }
-                self.snapshot(false).await;
-            }
-            Err(e) => {
-                // Memory is now ahead of the log: forget it and reload later.
-                self.doc = None;
-                if matches!(e, StoreError::NotFound) {
-                    self.gone = true;
-                } else {
-                    error!(error = %e, "could not store ops; dropping in-memory state");
-                }
-                let e = RoomError::from(e);
-                for (reply, _) in self.waiting.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
+                Answer::Duplicate(origin, rev) => self.answer(origin, rev),
             }
         }
+        if let Some(doc) = &self.doc {
+            self.shared.snapshots.notify(&self.id, doc.rev());
+        }
+    }
+
+    /// The log refused the batch: nothing of it happened. Memory is now ahead
+    /// of the log, so forget it; sessions start over on fresh connections.
+    fn write_failed(&mut self, e: StoreError, answers: Vec<Answer>) {
+        self.doc = None;
+        if matches!(e, StoreError::NotFound) {
+            self.gone = true;
+        } else {
+            error!(error = %e, "could not store ops; dropping in-memory state");
+        }
+        let e = RoomError::from(e);
+        for answer in answers {
+            if let Answer::Applied(Origin::Rest(reply))
+            | Answer::Duplicate(Origin::Rest(reply), _) = answer
+            {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        // Their view may include nothing unstored (broadcasts wait for the
+        // write), but their ops in flight were lost: they resume and resend.
+        self.sessions.clear();
+    }
+
+    fn answer(&mut self, origin: Origin, rev: u64) {
+        match origin {
+            Origin::Rest(reply) => {
+                let _ = reply.send(Ok(rev));
+            }
+            Origin::Session { session, seq } => {
+                self.send_to(session, frame(&ServerMessage::Ack { seq, rev }));
+            }
+        }
+    }
+
+    async fn join(&mut self, session: u64, request: JoinRequest) -> Result<Frame, RoomError> {
+        self.ensure_loaded().await?;
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        let rev = doc.rev();
+        let client_id = request.client_id.into_string();
+        let peers = doc
+            .peers()
+            .filter(|p| p.client_id != client_id)
+            .map(PeerInfo::from)
+            .collect();
+        let window = self.shared.config.limits.history as u64;
+        let ops = match request.since {
+            Some(since) if since <= rev && rev - since <= window => {
+                // Everything up to `rev` is stored: the batch was flushed.
+                let stored = self
+                    .shared
+                    .store
+                    .ops_since(&self.id, since, (rev - since) as u32)
+                    .await?;
+                (stored.len() as u64 == rev - since).then(|| {
+                    stored
+                        .into_iter()
+                        .map(|o| OpRecord {
+                            rev: o.rev,
+                            op: o.op,
+                            client_id: o.client_id,
+                            seq: o.seq,
+                            created_at: o.created_at.to_rfc3339(),
+                        })
+                        .collect()
+                })
+            }
+            _ => None,
+        };
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        let welcome = ServerMessage::Welcome {
+            client_id: client_id.clone(),
+            rev,
+            content: ops.is_none().then(|| doc.content().to_string()),
+            ops,
+            peers,
+        };
+        debug!(session, client = %client_id, rev, "session joined");
+        self.sessions.insert(
+            session,
+            Session {
+                client_id,
+                outbound: request.outbound,
+            },
+        );
+        Ok(frame(&welcome))
+    }
+
+    fn presence(
+        &mut self,
+        session: u64,
+        selection: Option<[usize; 2]>,
+        user: Option<serde_json::Value>,
+    ) {
+        let (Some(s), Some(doc)) = (self.sessions.get(&session), self.doc.as_mut()) else {
+            return;
+        };
+        let peer = doc.set_presence(&s.client_id, selection, user);
+        let frame = frame(&ServerMessage::Presence {
+            client_id: peer.client_id.clone(),
+            selection: peer.selection,
+            user: peer.user.clone(),
+        });
+        self.broadcast(&frame, Some(session));
+    }
+
+    fn leave(&mut self, session: u64) {
+        let Some(gone) = self.sessions.remove(&session) else {
+            return;
+        };
+        debug!(session, client = %gone.client_id, "session left");
+        // The same client may still be here on another connection.
+        if self
+            .sessions
+            .values()
+            .any(|s| s.client_id == gone.client_id)
+        {
+            return;
+        }
+        let left = self
+            .doc
+            .as_mut()
+            .and_then(|doc| doc.remove_peer(&gone.client_id));
+        if left.is_some() {
+            let frame = frame(&ServerMessage::Leave {
+                client_id: gone.client_id,
+            });
+            self.broadcast(&frame, None);
+        }
+    }
+
+    /// Sends to every session but `except`; a session whose queue is full is
+    /// disconnected instead of slowing everyone down.
+    fn broadcast(&mut self, frame: &Frame, except: Option<u64>) {
+        let slow: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(_, s)| s.outbound.try_send(Arc::clone(frame)).is_err())
+            .map(|(id, _)| *id)
+            .collect();
+        for session in slow {
+            self.drop_session(session, "it cannot keep up");
+        }
+    }
+
+    fn send_to(&mut self, session: u64, frame: Frame) {
+        let failed = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.outbound.try_send(frame).is_err());
+        if failed {
+            self.drop_session(session, "it cannot keep up");
+        }
+    }
+
+    /// Ends a session from the room's side: its connection closes and the
+    /// client resumes on a new one.
+    fn drop_session(&mut self, session: u64, why: &str) {
+        warn!(session, why, "disconnecting a session");
+        self.leave(session);
     }
 
     async fn read(&mut self) -> Result<DocState, RoomError> {
@@ -273,12 +533,11 @@ impl Room {
         Ok(())
     }
 
-    /// Save a snapshot when enough ops piled up since the last one (or, when
-    /// `force`, any at all) so the next load replays a short tail.
-    async fn snapshot(&mut self, force: bool) {
+    /// Saves a snapshot as the room unloads, so the next load replays a short
+    /// tail (the snapshot worker takes them while the room is open).
+    async fn snapshot(&mut self) {
         let Some(doc) = &self.doc else { return };
-        let behind = doc.rev() - self.snapshot_rev;
-        if behind == 0 || (!force && behind < self.shared.config.snapshot_every_ops) {
+        if doc.rev() == self.snapshot_rev {
             return;
         }
         let (rev, content) = (doc.rev(), doc.content().to_string());
@@ -295,6 +554,37 @@ impl Room {
     }
 }
 
+fn frame(message: &ServerMessage) -> Frame {
+    message.to_json().into()
+}
+
+fn error_frame(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
+    frame(&ServerMessage::Error {
+        code,
+        message: message.to_owned(),
+        seq,
+    })
+}
+
+/// The contract's error for a refused session op.
+fn session_error(e: &RoomError) -> (ErrorCode, String) {
+    let code = match e {
+        RoomError::Rejected(SubmitError::RevOutOfRange { .. }) => ErrorCode::RevOutOfRange,
+        RoomError::Rejected(SubmitError::InvalidOp(_)) => ErrorCode::InvalidOp,
+        RoomError::Rejected(SubmitError::TooLarge { .. }) => ErrorCode::TooLarge,
+        RoomError::Rejected(SubmitError::StaleSeq { .. }) => ErrorCode::BadMessage,
+        RoomError::NotFound => ErrorCode::DocumentDeleted,
+        RoomError::Store(_) | RoomError::Closed | RoomError::ShuttingDown => {
+            // Not the client's fault: it reconnects and resends.
+            return (
+                ErrorCode::Unavailable,
+                "the server could not store this edit; reconnect and resend".to_owned(),
+            );
+        }
+    };
+    (code, e.to_string())
+}
+
 /// Answer a command this room will not run.
 fn refuse(command: Command, exit: Exit) {
     let error = match exit {
@@ -309,6 +599,13 @@ fn refuse(command: Command, exit: Exit) {
         Command::Submit { reply, .. } => {
             let _ = reply.send(Err(error));
         }
-        Command::Deleted | Command::Shutdown => {}
+        Command::Join { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::SessionOp { .. }
+        | Command::SessionPresence { .. }
+        | Command::Leave { .. }
+        | Command::Deleted
+        | Command::Shutdown => {}
     }
 }

@@ -1,10 +1,9 @@
-//! HTTP routes, one module per resource.
-//!
-//! The live-editing WebSocket endpoint, `GET /ws/documents/{id}`, arrives
-//! with issue 4 as `routes/ws.rs`, mounted here next to the REST routes.
+//! HTTP routes, one module per resource, and the live-editing WebSocket
+//! endpoint next to them.
 
 mod documents;
 mod health;
+mod ws;
 
 use axum::routing::get;
 use axum::Router;
@@ -28,4 +27,5 @@ pub fn router() -> Router<AppState> {
             "/api/documents/{id}/ops",
             get(documents::list_ops).post(documents::submit_op),
         )
+        .route("/ws/documents/{id}", get(ws::upgrade))
 }

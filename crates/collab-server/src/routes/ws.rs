@@ -1,0 +1,317 @@
+//! `GET /ws/documents/{id}`: one live editing session (wire contract §3).
+//!
+//! The connection task is a thin adapter: it parses frames with the engine's
+//! pure `parse_client_message`, enforces the per-connection limits, hands ops
+//! and presence to the document's room, and writes whatever the room queues
+//! for it. Everything about the document itself happens in the room.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use collab_ot::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info_span, Instrument};
+
+use crate::app::AppState;
+use crate::domain::{ClientId, DocumentId};
+use crate::rooms::{Frame, JoinRequest, Joined, RoomError};
+
+/// Close code 1012 "service restart": the server is stopping; reconnect.
+const CLOSE_RESTART: u16 = 1012;
+/// Close code 1008 "policy violation", after a refusing error frame.
+const CLOSE_POLICY: u16 = 1008;
+
+/// Frames above the configured limit but below this are read and answered
+/// with `too_large`; beyond it the socket layer gives up on the connection.
+fn hard_cap(limit: usize) -> usize {
+    limit.saturating_mul(4).max(limit + 64 * 1024)
+}
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = state.limits.max_message_bytes;
+    ws.max_message_size(hard_cap(limit))
+        .max_frame_size(hard_cap(limit))
+        // Small buffers: an idle connection should cost a few KiB, not 128.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .on_upgrade(move |socket| {
+            let span = info_span!("ws", document = %id);
+            Connection::start(socket, state, id, query).instrument(span)
+        })
+}
+
+/// Why a connection is refused before it joins.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    closing: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn start(socket: WebSocket, state: AppState, id: String, query: HashMap<String, String>) {
+        let closing = state.closing.clone();
+        let mut conn = Connection {
+            socket,
+            state,
+            closing,
+        };
+        let (doc, client_id, since) = match parse_target(&id, &query) {
+            Ok(target) => target,
+            Err(refusal) => return conn.refuse(refusal).await,
+        };
+        let span = info_span!("session", client = %client_id.as_str());
+        async move {
+            let (outbound, rx) = mpsc::channel(conn.state.rooms.session_queue());
+            let request = JoinRequest {
+                client_id,
+                since,
+                outbound,
+            };
+            match conn.state.rooms.join(&doc, request).await {
+                Ok(joined) => conn.serve(joined, rx).await,
+                Err(RoomError::NotFound) => {
+                    conn.refuse(Refusal {
+                        code: ErrorCode::NotFound,
+                        message: format!("no document with id {doc}"),
+                    })
+                    .await
+                }
+                Err(e) => {
+                    debug!(error = %e, "could not join");
+                    conn.close(CLOSE_RESTART, "try again").await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(mut self, joined: Joined, mut outbound: mpsc::Receiver<Frame>) {
+        let Joined { welcome, link } = joined;
+        if self.send(welcome).await.is_err() {
+            return link.leave().await;
+        }
+        let limits = self.state.limits;
+        let mut rate = RateLimit::new(limits.max_ops_per_second);
+        loop {
+            tokio::select! {
+                frame = outbound.recv() => match frame {
+                    Some(frame) => {
+                        if self.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The room let go of this session (deleted, too slow, stopping).
+                    None => {
+                        self.close(CLOSE_POLICY, "session ended by the server").await;
+                        break;
+                    }
+                },
+                message = self.socket.recv() => {
+                    let text = match message {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            let reply = error(ErrorCode::BadMessage, "frames must be JSON text", None);
+                            if self.send(reply).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Err(e)) => {
+                            // Beyond even the hard cap, or a broken socket.
+                            debug!(error = %e, "socket error");
+                            let reply = error(ErrorCode::TooLarge, "message too large", None);
+                            let _ = self.send(reply).await;
+                            break;
+                        }
+                    };
+                    if text.len() > limits.max_message_bytes {
+                        let message = format!(
+                            "message of {} bytes; the limit is {}",
+                            text.len(),
+                            limits.max_message_bytes
+                        );
+                        if self.send(error(ErrorCode::TooLarge, &message, None)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    let sent = match parse_client_message(&text) {
+                        Err(refused) => self.send(refused.to_message().to_json().into()).await,
+                        Ok(ClientMessage::Op { rev, seq, op }) => {
+                            if rate.allow(Instant::now()) {
+                                if link.submit(seq, rev, op).await.is_err() {
+                                    break;
+                                }
+                                Ok(())
+                            } else {
+                                let message = format!(
+                                    "more than {} ops per second; slow down",
+                                    limits.max_ops_per_second
+                                );
+                                self.send(error(ErrorCode::RateLimited, &message, Some(seq))).await
+                            }
+                        }
+                        Ok(ClientMessage::Presence { selection, user }) => {
+                            let user = user.map(|u| serde_json::to_value(u).unwrap_or_default());
+                            if link.presence(selection, user).await.is_err() {
+                                break;
+                            }
+                            Ok(())
+                        }
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                },
+                _ = self.closing.changed() => {
+                    self.close(CLOSE_RESTART, "server restarting").await;
+                    break;
+                }
+            }
+        }
+        link.leave().await;
+    }
+
+    /// Sends the contract's error, then closes: the session cannot go on.
+    async fn refuse(mut self, refusal: Refusal) {
+        let _ = self.send(error(refusal.code, &refusal.message, None)).await;
+        self.close(CLOSE_POLICY, "refused").await;
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<(), axum::Error> {
+        self.socket
+            .send(Message::Text(Utf8Bytes::from(frame.as_ref())))
+            .await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+}
+
+/// The document, client id and resume point a connection asks for.
+fn parse_target(
+    id: &str,
+    query: &HashMap<String, String>,
+) -> Result<(DocumentId, ClientId, Option<u64>), Refusal> {
+    let doc = DocumentId::parse(id).ok_or_else(|| Refusal {
+        code: ErrorCode::NotFound,
+        message: "no document with this id".to_owned(),
+    })?;
+    let bad = |message: &str| Refusal {
+        code: ErrorCode::BadMessage,
+        message: message.to_owned(),
+    };
+    let client_id = match query.get("client_id") {
+        None => ClientId::generate(),
+        Some(c) => {
+            ClientId::parse(c).ok_or_else(|| bad("client_id must match [A-Za-z0-9_-]{1,64}"))?
+        }
+    };
+    let since = query
+        .get("since")
+        .map(|s| s.parse::<u64>())
+        .transpose()
+        .map_err(|_| bad("since must be a non-negative integer revision"))?;
+    Ok((doc, client_id, since))
+}
+
+fn error(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
+    ServerMessage::Error {
+        code,
+        message: message.to_owned(),
+        seq,
+    }
+    .to_json()
+    .into()
+}
+
+/// A token bucket: `per_second` ops a second, in bursts of up to as many.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: per_second,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rate_limit_refills_over_time() {
+        let start = Instant::now();
+        let mut rate = RateLimit::new(2);
+        rate.last = start;
+        assert!(rate.allow(start));
+        assert!(rate.allow(start));
+        assert!(!rate.allow(start));
+        assert!(rate.allow(start + Duration::from_millis(500)));
+        assert!(!rate.allow(start + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn targets_are_validated() {
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert!(parse_target("doc", &q(&[("client_id", "a-1"), ("since", "3")])).is_ok());
+        let refused = |id, pairs: &[(&str, &str)]| parse_target(id, &q(pairs)).err().unwrap().code;
+        assert_eq!(refused("bad id", &[]), ErrorCode::NotFound);
+        assert_eq!(
+            refused("doc", &[("client_id", "no spaces")]),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(refused("doc", &[("since", "-1")]), ErrorCode::BadMessage);
+        assert_eq!(refused("doc", &[("since", "x")]), ErrorCode::BadMessage);
+    }
+}
