@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use collab_ot::protocol::{ClientMessage, ErrorCode, ServerMessage, User};
-use collab_ot::{Client, Committed, OutgoingOp, Resumed, Rope};
+use collab_ot::{Client, ClientError, Committed, OutgoingOp, Resumed, Rope};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{Command, Error, Event, Options, Status};
+use crate::{Command, EditFn, Error, Event, Options, Status};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -143,19 +143,10 @@ impl Task {
                         return Ended::Finished;
                     };
                     let frame = match command {
-                        Command::Edit(op, reply) => {
-                            let sent = self.client.local_edit(op);
-                            self.publish();
-                            match sent {
-                                Ok(out) => {
-                                    let _ = reply.send(Ok(()));
-                                    out.map(|o| op_frame(&o))
-                                }
-                                Err(e) => {
-                                    let _ = reply.send(Err(e));
-                                    None
-                                }
-                            }
+                        Command::Edit(build, reply) => {
+                            let sent = self.local_edit(build);
+                            let _ = reply.send(sent.as_ref().map(|_| ()).map_err(Clone::clone));
+                            sent.ok().flatten().map(|o| op_frame(&o))
                         }
                         Command::Presence(selection) => {
                             Some(presence(selection, self.options.user.as_ref()))
@@ -273,9 +264,9 @@ impl Task {
                     _ = &mut pause => break,
                     command = commands.recv() => match command {
                         None => return Err(Ended::Finished),
-                        Some(Command::Edit(op, reply)) => {
-                            let _ = reply.send(self.client.local_edit(op).map(|_| ()));
-                            self.publish();
+                        Some(Command::Edit(build, reply)) => {
+                            // Kept as pending; sent once reconnected.
+                            let _ = reply.send(self.local_edit(build).map(|_| ()));
                         }
                         Some(Command::Content(reply)) => {
                             let _ = reply.send(self.client.content().to_string());
@@ -386,6 +377,16 @@ impl Task {
         self.set_connected(true);
         self.emit(Event::Welcome { rev, peers }).await;
         Ok(socket)
+    }
+
+    /// Applies a local edit built from the current content.
+    fn local_edit(&mut self, build: EditFn) -> Result<Option<OutgoingOp>, ClientError> {
+        let Some(op) = build(self.client.content()) else {
+            return Ok(None);
+        };
+        let sent = self.client.local_edit(op);
+        self.publish();
+        sent
     }
 
     async fn emit(&self, event: Event) {

@@ -27,7 +27,7 @@ mod connection;
 use std::time::Duration;
 
 pub use collab_ot::protocol::{ErrorCode, PeerInfo, User};
-pub use collab_ot::{ClientError, Operation};
+pub use collab_ot::{ClientError, Operation, Rope};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How a session connects and reconnects.
@@ -129,8 +129,11 @@ pub enum Error {
     Edit(#[from] ClientError),
 }
 
+/// Builds an edit from the current local content.
+pub(crate) type EditFn = Box<dyn FnOnce(&collab_ot::Rope) -> Option<Operation> + Send>;
+
 pub(crate) enum Command {
-    Edit(Operation, oneshot::Sender<Result<(), ClientError>>),
+    Edit(EditFn, oneshot::Sender<Result<(), ClientError>>),
     Presence(Option<[usize; 2]>),
     Content(oneshot::Sender<String>),
     /// Drop the socket now, as a network failure would.
@@ -167,8 +170,18 @@ impl Session {
     /// Applies `op` to the local content now and sends it as soon as the
     /// protocol allows (one op in flight; later edits are composed).
     pub async fn edit(&self, op: Operation) -> Result<(), Error> {
+        self.edit_with(move |_| Some(op)).await
+    }
+
+    /// Like [`Session::edit`], with the op built from the local content as
+    /// it is at that moment: remote edits that arrive meanwhile cannot make
+    /// it stale. `None` skips the edit.
+    pub async fn edit_with(
+        &self,
+        build: impl FnOnce(&collab_ot::Rope) -> Option<Operation> + Send + 'static,
+    ) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Edit(op, tx)).await?;
+        self.send(Command::Edit(Box::new(build), tx)).await?;
         Ok(rx.await.map_err(|_| Error::Closed)??)
     }
 

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::rooms::Rooms;
 use crate::routes;
-use crate::snapshot::SnapshotNotifier;
+use crate::snapshot::{SnapshotStats, SnapshotWorker};
 use crate::store::{self, DocumentStore, StoreError};
 
 /// What every request handler can reach. Cheap to clone.
@@ -29,6 +29,10 @@ pub struct AppState {
     /// Turns true when the server starts shutting down, so long-lived
     /// WebSocket sessions close and let the graceful shutdown finish.
     pub closing: watch::Receiver<bool>,
+    /// What the in-process snapshot worker has done so far.
+    pub snapshots: SnapshotStats,
+    /// The in-process snapshot worker, until [`run`] starts it.
+    snapshot_worker: Arc<std::sync::Mutex<Option<SnapshotWorker>>>,
 }
 
 /// The wire contract's §4 limits, as configured.
@@ -42,12 +46,15 @@ pub struct Limits {
 
 impl AppState {
     pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Self {
+        let (notifier, worker) =
+            SnapshotWorker::in_process(Arc::clone(&store), config.snapshot_config(), None);
+        let rooms = Rooms::new(Arc::clone(&store), config.room_config(), notifier);
+        // The worker checks each snapshot against the live room.
+        let worker = worker.with_live(Arc::new(rooms.clone()));
         Self {
-            rooms: Rooms::new(
-                Arc::clone(&store),
-                config.room_config(),
-                SnapshotNotifier::disabled(),
-            ),
+            snapshots: worker.stats(),
+            snapshot_worker: Arc::new(std::sync::Mutex::new(Some(worker))),
+            rooms,
             closing: watch::channel(false).1,
             store,
             limits: Limits {
@@ -90,6 +97,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let rooms = state.rooms.clone();
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = state
+        .snapshot_worker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|w| {
+            tokio::spawn(w.run(async {
+                let _ = worker_stopped.await;
+            }))
+        });
     let (closing_tx, closing) = watch::channel(false);
     state.closing = closing;
     let shutdown = async move {
@@ -104,7 +122,13 @@ pub async fn run(
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    // Rooms first: each writes its unload snapshot, so the worker's final
+    // pass finds little left to do.
     rooms.shutdown().await;
+    let _ = stop_worker.send(());
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     tracing::info!("stopped");
     served
 }

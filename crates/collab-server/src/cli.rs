@@ -23,6 +23,10 @@ pub enum Command {
     InitDb,
     /// Add sample documents with some edit history; idempotent.
     Seed,
+    /// Run only the snapshot worker against the database, until SIGINT or
+    /// SIGTERM. Several may share a PostgreSQL database; with SQLite, run
+    /// one (a file has a single writer anyway).
+    Worker,
 }
 
 impl Cli {
@@ -59,5 +63,8 @@ mod tests {
         let cli = Cli::try_parse_from(["collab", "seed", "--max-document-chars", "5"]).unwrap();
         assert_eq!(cli.subcommand(), Command::Seed);
         assert_eq!(cli.config.max_document_chars, 5);
+        let cli = Cli::try_parse_from(["collab", "worker", "--snapshot-every-ops", "7"]).unwrap();
+        assert_eq!(cli.subcommand(), Command::Worker);
+        assert_eq!(cli.config.snapshot_config().every_ops, 7);
     }
 }

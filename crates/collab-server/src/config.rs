@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use collab_ot::DocumentLimits;
 
 use crate::rooms::RoomConfig;
+use crate::snapshot::SnapshotConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -140,8 +141,16 @@ impl Config {
                 history: self.history_window,
             },
             idle: Duration::from_secs(self.room_idle_secs.max(1)),
-            snapshot_every_ops: self.snapshot_every_ops.max(1),
             ..RoomConfig::default()
+        }
+    }
+
+    /// When the snapshot worker (in-process or `collab worker`) snapshots.
+    pub fn snapshot_config(&self) -> SnapshotConfig {
+        SnapshotConfig {
+            every_ops: self.snapshot_every_ops.max(1),
+            interval: Duration::from_secs(self.snapshot_interval_secs.max(1)),
+            keep_history: self.history_window as u64,
         }
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use collab_server::cli::{Cli, Command};
+use collab_server::snapshot::SnapshotWorker;
 use collab_server::{seed, store, telemetry, AppState};
 use tokio::net::TcpListener;
 
@@ -46,6 +47,15 @@ async fn main() -> anyhow::Result<()> {
             let report = report?;
             tracing::info!(created = ?report.created, skipped = ?report.skipped, "seeded");
             state.store.close().await;
+        }
+        Command::Worker => {
+            let store = store::open_store(&config.database_url)
+                .await
+                .context("could not open the database")?;
+            store.migrate().await.context("migration failed")?;
+            let worker = SnapshotWorker::standalone(store.clone(), config.snapshot_config());
+            worker.run(shutdown_signal()).await;
+            store.close().await;
         }
     }
     Ok(())

@@ -102,15 +102,25 @@ async fn type_randomly(session: Session, seed: u64, ops: usize) -> Session {
     let mut rng = StdRng::seed_from_u64(seed);
     const WORDS: &[&str] = &["a", "bc", "😭", "é", "🎉x", " ", "\n", "中文"];
     for _ in 0..ops {
-        let content = session.content().await.unwrap();
-        let len = content.chars().count();
-        let pos = rng.gen_range(0..=len);
-        let op = if len > pos && rng.gen_bool(0.35) {
-            Operation::delete(pos, rng.gen_range(1..=(len - pos).min(3)))
-        } else {
-            Operation::insert(pos, WORDS[rng.gen_range(0..WORDS.len())])
-        };
-        session.edit(op).await.unwrap();
+        // Decided now, placed against the content as it is when applied.
+        let (at, delete, len, word) = (
+            rng.gen::<f64>(),
+            rng.gen_bool(0.35),
+            rng.gen_range(1..=3),
+            WORDS[rng.gen_range(0..WORDS.len())],
+        );
+        session
+            .edit_with(move |content| {
+                let n = content.len_chars();
+                let pos = ((n + 1) as f64 * at) as usize;
+                Some(if delete && n > pos {
+                    Operation::delete(pos, len.min(n - pos))
+                } else {
+                    Operation::insert(pos.min(n), word)
+                })
+            })
+            .await
+            .unwrap();
         // A pause of a few ms after each keystroke: long enough that many ops
         // reach the server concurrently, short enough that others compose.
         tokio::time::sleep(Duration::from_micros(rng.gen_range(0..4000))).await;

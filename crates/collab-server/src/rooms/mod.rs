@@ -21,7 +21,7 @@ use collab_ot::{DocumentLimits, Operation, SubmitError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{ClientId, DocumentId};
-use crate::snapshot::SnapshotNotifier;
+use crate::snapshot::{LiveContent, SnapshotNotifier};
 use crate::store::{DocumentStore, StoreError};
 
 /// One text frame for a session's socket, serialized once and shared by
@@ -32,10 +32,9 @@ pub type Frame = Arc<str>;
 #[derive(Debug, Clone, Copy)]
 pub struct RoomConfig {
     pub limits: DocumentLimits,
-    /// A room with no activity for this long saves a snapshot and unloads.
+    /// A room with no activity and no sessions for this long saves a
+    /// snapshot and unloads.
     pub idle: Duration,
-    /// Save a snapshot once this many ops have been committed since the last.
-    pub snapshot_every_ops: u64,
     /// Commands a room queues before senders wait (backpressure).
     pub queue: usize,
     /// Frames queued for one session before the room gives up on it: a
@@ -49,7 +48,6 @@ impl Default for RoomConfig {
         Self {
             limits: DocumentLimits::default(),
             idle: Duration::from_secs(300),
-            snapshot_every_ops: 500,
             queue: 256,
             session_queue: 1024,
         }
@@ -330,6 +328,16 @@ impl Rooms {
         }
     }
 
+    /// The live content of a loaded document, without loading it: the
+    /// snapshot worker's check. Everything up to the returned revision is
+    /// stored (a read flushes first).
+    async fn read_if_loaded(&self, id: &DocumentId) -> Option<DocState> {
+        let handle = self.shared.lock().rooms.get(id).cloned()?;
+        let (reply, answer) = oneshot::channel();
+        handle.tx.send(Command::Read { reply }).await.ok()?;
+        answer.await.ok()?.ok()
+    }
+
     /// Frames a session's outbound queue holds (see [`RoomConfig::session_queue`]).
     pub fn session_queue(&self) -> usize {
         self.shared.config.session_queue.max(1)
@@ -414,5 +422,12 @@ impl Shared {
         {
             registry.rooms.remove(id);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl LiveContent for Rooms {
+    async fn read_loaded(&self, id: &DocumentId) -> Option<(u64, String)> {
+        self.read_if_loaded(id).await.map(|d| (d.rev, d.content))
     }
 }

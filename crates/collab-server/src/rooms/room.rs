@@ -68,6 +68,9 @@ enum Answer {
     Applied(Origin),
     /// Committed before, at `rev`.
     Duplicate(Origin, u64),
+    /// A presence update, sent after the ops staged before it: its selection
+    /// counts positions in the document that includes them.
+    Presence { frame: Frame, from: u64 },
 }
 
 /// A connected WebSocket session.
@@ -317,6 +320,7 @@ impl Room {
                     self.answer(origin, rev);
                 }
                 Answer::Duplicate(origin, rev) => self.answer(origin, rev),
+                Answer::Presence { frame, from } => self.broadcast(&frame, Some(from)),
             }
         }
         if let Some(doc) = &self.doc {
@@ -340,6 +344,7 @@ impl Room {
             {
                 let _ = reply.send(Err(e.clone()));
             }
+            // Presence updates go with the sessions, just below.
         }
         // Their view may include nothing unstored (broadcasts wait for the
         // write), but their ops in flight were lost: they resume and resend.
@@ -425,7 +430,14 @@ impl Room {
             selection: peer.selection,
             user: peer.user.clone(),
         });
-        self.broadcast(&frame, Some(session));
+        if self.answers.is_empty() {
+            self.broadcast(&frame, Some(session));
+        } else {
+            self.answers.push(Answer::Presence {
+                frame,
+                from: session,
+            });
+        }
     }
 
     fn leave(&mut self, session: u64) {

@@ -1,8 +1,9 @@
-//! HTTP routes, one module per resource, and the live-editing WebSocket
-//! endpoint next to them.
+//! HTTP routes, one module per resource, the live-editing WebSocket
+//! endpoint next to them, and the embedded browser editor.
 
 mod documents;
 mod health;
+mod web;
 mod ws;
 
 use axum::routing::get;
@@ -12,6 +13,7 @@ use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(web::router())
         .route("/health", get(health::health))
         .route(
             "/api/documents",

@@ -99,6 +99,79 @@ impl LoadedDocument {
     }
 }
 
+/// A document that is due a snapshot, as [`DocumentStore::snapshot_candidates`]
+/// finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotCandidate {
+    pub id: DocumentId,
+    /// `documents.rev` when it was read.
+    pub rev: u64,
+    /// The newest snapshot's revision.
+    pub latest_snapshot_rev: u64,
+}
+
+/// What a snapshot at `rev` is built from: the newest snapshot at or before
+/// `rev` and every op after it up to exactly `rev`, checked to be contiguous.
+#[derive(Debug, Clone)]
+pub struct SnapshotBase {
+    /// The revision the snapshot is for.
+    pub rev: u64,
+    /// `documents.rev` when the base was read (at least `rev`).
+    pub doc_rev: u64,
+    pub snapshot_rev: u64,
+    pub snapshot: String,
+    /// Ops `snapshot_rev + 1 ..= rev`, in order.
+    pub tail: Vec<StoredOp>,
+}
+
+impl SnapshotBase {
+    /// Refuse a tail with gaps or one that does not end exactly at `rev`.
+    fn checked(
+        id: &DocumentId,
+        rev: u64,
+        doc_rev: u64,
+        (snapshot_rev, snapshot): (u64, String),
+        tail: Vec<StoredOp>,
+    ) -> Result<Self, StoreError> {
+        let contiguous = tail
+            .iter()
+            .enumerate()
+            .all(|(i, op)| op.rev == snapshot_rev + 1 + i as u64);
+        let end = tail.last().map_or(snapshot_rev, |op| op.rev);
+        if !contiguous || end != rev {
+            return Err(StoreError::Corrupt(format!(
+                "document {id}: snapshot {snapshot_rev} and op tail do not reach rev {rev}"
+            )));
+        }
+        Ok(Self {
+            rev,
+            doc_rev,
+            snapshot_rev,
+            snapshot,
+            tail,
+        })
+    }
+}
+
+/// Turns a [`SnapshotBase`] into the content to store, or `None` to write
+/// nothing (the content did not check out).
+pub type SnapshotBuilder<'a> = &'a mut (dyn FnMut(SnapshotBase) -> Option<String> + Send);
+
+/// What [`DocumentStore::snapshot_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// A new snapshot at `rev` was stored.
+    Written { rev: u64 },
+    /// A snapshot at or after the requested revision exists already.
+    UpToDate { latest: u64 },
+    /// Another worker is snapshotting this document right now (PostgreSQL).
+    Busy,
+    /// The builder returned `None`; nothing was written.
+    Declined,
+    /// There is no such document (any more).
+    NotFound,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("document not found")]
@@ -224,6 +297,41 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn prune_snapshots(&self, id: &DocumentId, rev: u64) -> Result<(), StoreError>;
 
     async fn latest_snapshot_rev(&self, id: &DocumentId) -> Result<Option<u64>, StoreError>;
+
+    /// Documents due a snapshot: `rev` at least `every_ops` past their newest
+    /// snapshot, or with an op after that snapshot committed at or before
+    /// `older_than` (unsnapshotted activity for a while). The furthest behind
+    /// first, at most `limit`. Reads every document's newest snapshot, so it
+    /// is for a periodic scan, not a hot path.
+    async fn snapshot_candidates(
+        &self,
+        every_ops: u64,
+        older_than: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SnapshotCandidate>, StoreError>;
+
+    /// Snapshot `id` at revision `at` (its current revision when `None`):
+    /// read the newest snapshot at or before it and the ops up to exactly
+    /// it, hand them to `build`, store what it returns with
+    /// [`save_snapshot`](Self::save_snapshot)'s semantics, then prune what a
+    /// room with a `keep_history`-op window can no longer pick (the rules of
+    /// [`prune_snapshots`](Self::prune_snapshots)).
+    ///
+    /// Nothing is built when a snapshot at or after the revision exists.
+    /// On PostgreSQL the whole step holds a transaction-scoped advisory lock
+    /// on the document, so concurrent workers never snapshot the same
+    /// document at once (the loser gets [`SnapshotOutcome::Busy`]). SQLite has
+    /// one writer per file; racing processes at worst build the same
+    /// snapshot twice and the second insert is a no-op.
+    ///
+    /// `Corrupt` when `at` is past `documents.rev` or the log does not reach it.
+    async fn snapshot_with(
+        &self,
+        id: &DocumentId,
+        at: Option<u64>,
+        keep_history: u64,
+        build: SnapshotBuilder<'_>,
+    ) -> Result<SnapshotOutcome, StoreError>;
 }
 
 /// Open the store that `url` names (`sqlite:` or `postgres:`/`postgresql:`),
@@ -269,6 +377,28 @@ fn check_contiguous(current: u64, ops: &[NewOp]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The revision a snapshot is for: `at`, or the document's current one.
+fn snapshot_target(id: &DocumentId, at: Option<u64>, doc_rev: u64) -> Result<u64, StoreError> {
+    match at {
+        Some(rev) if rev > doc_rev => Err(StoreError::Corrupt(format!(
+            "document {id}: snapshot requested at rev {rev}, but the log ends at {doc_rev}"
+        ))),
+        Some(rev) => Ok(rev),
+        None => Ok(doc_rev),
+    }
+}
+
+/// A row of `snapshot_candidates` as both backends read it.
+type CandidateRow = (String, i64, i64);
+
+fn candidate_from_row((id, rev, latest): CandidateRow) -> Result<SnapshotCandidate, StoreError> {
+    Ok(SnapshotCandidate {
+        id: parse_id(id)?,
+        rev: to_u64(rev)?,
+        latest_snapshot_rev: to_u64(latest)?,
+    })
 }
 
 /// A row of `documents` as both backends read it.

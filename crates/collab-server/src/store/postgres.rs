@@ -13,13 +13,19 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::{
-    check_contiguous, meta_from_row, op_from_row, to_i64, to_u64, DocumentMeta, DocumentStore,
-    LoadedDocument, MetaRow, NewDocument, NewOp, OpRow, StoreError, StoredOp,
+    candidate_from_row, check_contiguous, meta_from_row, op_from_row, snapshot_target, to_i64,
+    to_u64, CandidateRow, DocumentMeta, DocumentStore, LoadedDocument, MetaRow, NewDocument, NewOp,
+    OpRow, SnapshotBase, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
 const META_COLUMNS: &str = "id, title, rev, created_at, updated_at";
 const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
+
+/// The first key of the advisory locks that guard snapshot writers (the
+/// second is a hash of the document id), so they cannot collide with
+/// advisory locks taken for anything else. "snap" in ASCII.
+const SNAPSHOT_LOCK_CLASS: i32 = 0x736e_6170;
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -333,5 +339,130 @@ impl DocumentStore for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await?;
         row.and_then(|(rev,)| rev).map(to_u64).transpose()
+    }
+
+    async fn snapshot_candidates(
+        &self,
+        every_ops: u64,
+        older_than: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SnapshotCandidate>, StoreError> {
+        let rows: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT d.id, d.rev, s.latest FROM documents d \
+             JOIN (SELECT document_id, MAX(rev) AS latest FROM snapshots GROUP BY document_id) s \
+               ON s.document_id = d.id \
+             WHERE d.rev > s.latest AND (d.rev - s.latest >= $1 OR EXISTS ( \
+               SELECT 1 FROM operations o \
+               WHERE o.document_id = d.id AND o.rev = s.latest + 1 AND o.created_at <= $2)) \
+             ORDER BY d.rev - s.latest DESC, d.id LIMIT $3",
+        )
+        .bind(to_i64(every_ops)?)
+        .bind(older_than.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(candidate_from_row).collect()
+    }
+
+    async fn snapshot_with(
+        &self,
+        id: &DocumentId,
+        at: Option<u64>,
+        keep_history: u64,
+        build: SnapshotBuilder<'_>,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        // One READ COMMITTED transaction under an advisory lock: workers in
+        // other processes skip the document while it is held, and the lock
+        // goes with the transaction, whatever happens to this task.
+        let mut tx = self.pool.begin().await?;
+        let (locked,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
+                .bind(SNAPSHOT_LOCK_CLASS)
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if !locked {
+            return Ok(SnapshotOutcome::Busy);
+        }
+        // KEY SHARE keeps the document from being deleted under us without
+        // holding up `append_ops` (its UPDATE takes NO KEY UPDATE, which does
+        // not conflict). The ops up to `rev` never change once committed, so
+        // the reads below agree with each other.
+        let doc: Option<(i64,)> =
+            sqlx::query_as("SELECT rev FROM documents WHERE id = $1 FOR KEY SHARE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((doc_rev,)) = doc else {
+            return Ok(SnapshotOutcome::NotFound);
+        };
+        let doc_rev = to_u64(doc_rev)?;
+        let rev = snapshot_target(id, at, doc_rev)?;
+        // Read after taking the lock, so a worker that held it just before
+        // is seen to have written.
+        let (latest,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(latest) = latest.map(to_u64).transpose()? {
+            if latest >= rev {
+                return Ok(SnapshotOutcome::UpToDate { latest });
+            }
+        }
+        let snapshot: Option<(i64, String)> = sqlx::query_as(
+            "SELECT rev, content FROM snapshots WHERE document_id = $1 AND rev <= $2 \
+             ORDER BY rev DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (snapshot_rev, snapshot) = snapshot
+            .ok_or_else(|| StoreError::Corrupt(format!("document {id} has no snapshot")))?;
+        let tail: Vec<OpRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = $1 AND rev > $2 AND rev <= $3 \
+             ORDER BY rev"
+        ))
+        .bind(id.as_str())
+        .bind(snapshot_rev)
+        .bind(to_i64(rev)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        let tail = tail
+            .into_iter()
+            .map(op_from_row)
+            .collect::<Result<Vec<StoredOp>, _>>()?;
+        let base =
+            SnapshotBase::checked(id, rev, doc_rev, (to_u64(snapshot_rev)?, snapshot), tail)?;
+        let Some(content) = build(base) else {
+            return Ok(SnapshotOutcome::Declined);
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO snapshots (document_id, rev, content, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (document_id, rev) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .bind(&content)
+        .bind(Timestamp::now().as_millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE document_id = $1 AND rev > 0 AND rev < \
+             (SELECT MAX(rev) FROM snapshots WHERE document_id = $1 AND rev <= $2)",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev.saturating_sub(keep_history))?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if inserted {
+            SnapshotOutcome::Written { rev }
+        } else {
+            SnapshotOutcome::UpToDate { latest: rev }
+        })
     }
 }

@@ -13,8 +13,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    check_contiguous, meta_from_row, op_from_row, to_i64, to_u64, DocumentMeta, DocumentStore,
-    LoadedDocument, MetaRow, NewDocument, NewOp, OpRow, StoreError, StoredOp,
+    candidate_from_row, check_contiguous, meta_from_row, op_from_row, snapshot_target, to_i64,
+    to_u64, CandidateRow, DocumentMeta, DocumentStore, LoadedDocument, MetaRow, NewDocument, NewOp,
+    OpRow, SnapshotBase, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
@@ -333,5 +334,128 @@ impl DocumentStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         row.and_then(|(rev,)| rev).map(to_u64).transpose()
+    }
+
+    async fn snapshot_candidates(
+        &self,
+        every_ops: u64,
+        older_than: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SnapshotCandidate>, StoreError> {
+        let rows: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT d.id, d.rev, s.latest FROM documents d \
+             JOIN (SELECT document_id, MAX(rev) AS latest FROM snapshots GROUP BY document_id) s \
+               ON s.document_id = d.id \
+             WHERE d.rev > s.latest AND (d.rev - s.latest >= ? OR EXISTS ( \
+               SELECT 1 FROM operations o \
+               WHERE o.document_id = d.id AND o.rev = s.latest + 1 AND o.created_at <= ?)) \
+             ORDER BY d.rev - s.latest DESC, d.id LIMIT ?",
+        )
+        .bind(to_i64(every_ops)?)
+        .bind(older_than.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(candidate_from_row).collect()
+    }
+
+    async fn snapshot_with(
+        &self,
+        id: &DocumentId,
+        at: Option<u64>,
+        keep_history: u64,
+        build: SnapshotBuilder<'_>,
+    ) -> Result<SnapshotOutcome, StoreError> {
+        // Read in one transaction (a consistent WAL snapshot), build outside
+        // any transaction, then write in a short one. SQLite has a single
+        // writer per file, so there is no lock to take: two processes racing
+        // here build the same content and the second insert does nothing.
+        let mut tx = self.pool.begin().await?;
+        let doc: Option<(i64,)> = sqlx::query_as("SELECT rev FROM documents WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((doc_rev,)) = doc else {
+            return Ok(SnapshotOutcome::NotFound);
+        };
+        let doc_rev = to_u64(doc_rev)?;
+        let rev = snapshot_target(id, at, doc_rev)?;
+        let (latest,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = ?")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(latest) = latest.map(to_u64).transpose()? {
+            if latest >= rev {
+                return Ok(SnapshotOutcome::UpToDate { latest });
+            }
+        }
+        let snapshot: Option<(i64, String)> = sqlx::query_as(
+            "SELECT rev, content FROM snapshots WHERE document_id = ? AND rev <= ? \
+             ORDER BY rev DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (snapshot_rev, snapshot) = snapshot
+            .ok_or_else(|| StoreError::Corrupt(format!("document {id} has no snapshot")))?;
+        let tail: Vec<OpRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = ? AND rev > ? AND rev <= ? \
+             ORDER BY rev"
+        ))
+        .bind(id.as_str())
+        .bind(snapshot_rev)
+        .bind(to_i64(rev)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let tail = tail
+            .into_iter()
+            .map(op_from_row)
+            .collect::<Result<Vec<StoredOp>, _>>()?;
+        let base =
+            SnapshotBase::checked(id, rev, doc_rev, (to_u64(snapshot_rev)?, snapshot), tail)?;
+        let Some(content) = build(base) else {
+            return Ok(SnapshotOutcome::Declined);
+        };
+
+        // Writing first takes the write lock at once (see `append_ops`).
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO snapshots (document_id, rev, content, created_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (document_id, rev) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(rev)?)
+        .bind(&content)
+        .bind(Timestamp::now().as_millis())
+        .execute(&mut *tx)
+        .await;
+        let inserted = match inserted {
+            Ok(done) => done.rows_affected() > 0,
+            // The foreign key: the document was deleted meanwhile.
+            Err(e) => {
+                return match StoreError::from(e) {
+                    StoreError::NotFound => Ok(SnapshotOutcome::NotFound),
+                    e => Err(e),
+                }
+            }
+        };
+        sqlx::query(
+            "DELETE FROM snapshots WHERE document_id = ? AND rev > 0 AND rev < \
+             (SELECT MAX(rev) FROM snapshots WHERE document_id = ? AND rev <= ?)",
+        )
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .bind(to_i64(rev.saturating_sub(keep_history))?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if inserted {
+            SnapshotOutcome::Written { rev }
+        } else {
+            SnapshotOutcome::UpToDate { latest: rev }
+        })
     }
 }

@@ -1,0 +1,337 @@
+// Browser tests: the real `collab` binary and headless Chromium.
+//
+//   COLLAB_BIN=../target/debug/collab node --test test/browser.test.mjs
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launchBrowser, newUser, restClient, startServer, waitFor, watchErrors } from './harness.mjs';
+
+const artifacts = join(dirname(fileURLToPath(import.meta.url)), 'artifacts');
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** Run `fn(server, rest)` with a fresh server, always stopping it. */
+async function withServer(fn, opts) {
+  const server = await startServer(opts);
+  try {
+    await fn(server, restClient(server.url));
+  } catch (e) {
+    e.message += `\n--- server log (tail) ---\n${server.log.slice(-4000)}`;
+    throw e;
+  } finally {
+    await server.dispose();
+  }
+}
+
+const state = (page) =>
+  page.evaluate(() => {
+    const c = window.collab && window.collab.client;
+    const v = window.collab && window.collab.view;
+    return c && { status: c.status, pending: c.pending, rev: c.rev, content: c.content, clientId: c.clientId, editor: v ? v.state.doc.toString() : null };
+  });
+
+async function openEditor(context, base, id) {
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${base}/d/${id}`);
+  await waitFor(async () => {
+    const s = await state(page);
+    return s && s.status === 'connected' && s.editor !== null;
+  }, { what: 'the editor to connect' });
+  await waitFor(async () => (await page.locator('.status').textContent()) === 'connected', { what: 'status "connected"' });
+  return { page, errors };
+}
+
+/** Both pages idle, equal to each other and to the server's content. */
+async function converged(rest, id, pages) {
+  let last;
+  await waitFor(
+    async () => {
+      const doc = (await rest('GET', `/api/documents/${id}`)).body;
+      const states = await Promise.all(pages.map(state));
+      last = { server: doc.content, rev: doc.rev, states };
+      return states.every((s) => s.status === 'connected' && s.pending === 0 && s.rev === doc.rev && s.content === doc.content && s.editor === doc.content);
+    },
+    { timeout: 15000, what: 'convergence' },
+  ).catch((e) => {
+    e.message += '\n' + JSON.stringify(last, null, 1);
+    throw e;
+  });
+  return last.server;
+}
+
+const count = (s, part) => s.split(part).length - 1;
+const same = (x, y) => JSON.stringify(x) === JSON.stringify(y);
+
+/** This page's own selection and the peers' selections it shows, in code points. */
+const selections = (page) =>
+  page.evaluate(() => {
+    const { client, view } = window.collab;
+    const sel = view.state.selection.main;
+    const cp = (pos) => [...view.state.doc.sliceString(0, pos)].length;
+    const peers = {};
+    for (const [id, p] of client.peers) peers[id] = p.selection;
+    return { me: client.clientId, own: [cp(sel.anchor), cp(sel.head)], peers };
+  });
+
+test('the document list creates, opens, renames and deletes', async () => {
+  await withServer(async (server, rest) => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const errors = watchErrors(page);
+    await page.goto(server.url + '/');
+    await page.locator('.empty').waitFor();
+
+    // Create: opens the editor.
+    await page.fill('form.create input', 'Shopping list 🛒');
+    await page.click('form.create button');
+    await page.waitForURL(/\/d\/[^/]+$/);
+    const id = decodeURIComponent(new URL(page.url()).pathname.split('/')[2]);
+    const created = await rest('GET', `/api/documents/${id}`);
+    assert.equal(created.status, 200);
+    assert.equal(created.body.title, 'Shopping list 🛒');
+    await page.locator('.doc-title', { hasText: 'Shopping list 🛒' }).waitFor();
+
+    // Back on the list: title, revision, time.
+    await page.goto(server.url + '/');
+    const row = page.locator(`tr[data-id="${id}"]`);
+    await row.waitFor();
+    assert.equal(await row.locator('a.title').textContent(), 'Shopping list 🛒');
+    assert.equal(await row.locator('.rev').textContent(), '0');
+    assert.equal(await row.locator('.time').textContent(), 'just now');
+
+    // Rename, including a refused title.
+    await row.getByRole('button', { name: 'Rename' }).click();
+    await row.locator('form.rename input').fill('   ');
+    await row.locator('form.rename input').press('Enter');
+    await page.locator('p.error', { hasText: '1 to 200 characters' }).waitFor();
+    await row.locator('form.rename input').fill('Groceries');
+    await row.locator('form.rename input').press('Enter');
+    await row.locator('a.title', { hasText: 'Groceries' }).waitFor();
+    await waitFor(async () => (await rest('GET', `/api/documents/${id}`)).body.title === 'Groceries', { what: 'the rename' });
+    await page.reload();
+    await row.locator('a.title', { hasText: 'Groceries' }).waitFor();
+
+    // Open from the list.
+    await row.locator('a.title').click();
+    await page.waitForURL(`${server.url}/d/${id}`);
+    await page.goBack();
+    await row.waitFor();
+
+    // Delete (confirmed).
+    page.once('dialog', (d) => d.accept());
+    await row.getByRole('button', { name: 'Delete' }).click();
+    await row.waitFor({ state: 'detached' });
+    await waitFor(async () => (await rest('GET', `/api/documents/${id}`)).status === 404, { what: 'the delete' });
+    await page.locator('.empty').waitFor();
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});
+
+test('two pages edit at once, with emoji, converge with the server, and show each other', async () => {
+  await withServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Two pages', content: 'Hello 😭 world\nsecond line\n' })).body;
+    const ann = await newUser(browser, 'Ann', '#e6194b');
+    const bob = await newUser(browser, 'Bob', '#4363d8');
+    const a = await openEditor(ann, server.url, doc.id);
+    const b = await openEditor(bob, server.url, doc.id);
+
+    // Ann types at the end, Bob right after the 😭 (cursor moves over it as one
+    // character), both at the same time and with emoji.
+    await a.page.click('.cm-content');
+    await a.page.keyboard.press('Control+End');
+    await b.page.click('.cm-content');
+    await b.page.keyboard.press('Control+Home');
+    for (let i = 0; i < 7; i++) await b.page.keyboard.press('ArrowRight');
+    await Promise.all([
+      a.page.keyboard.type('Ann was here 🎉 ok', { delay: 15 }),
+      b.page.keyboard.type(' (Bob 👍🏽)', { delay: 20 }),
+    ]);
+    // A second simultaneous round, editing the same line.
+    await a.page.keyboard.press('Control+Home');
+    await Promise.all([
+      a.page.keyboard.type('>> ', { delay: 10 }),
+      b.page.keyboard.press('Backspace').then(() => b.page.keyboard.type('!🧪', { delay: 10 })),
+    ]);
+
+    const content = await converged(rest, doc.id, [a.page, b.page]);
+    assert.equal(count(content, 'Ann was here 🎉 ok'), 1, content);
+    assert.equal(count(content, '(Bob 👍🏽!🧪'), 1, content);
+    assert.equal(count(content, '>> '), 1, content);
+    assert.ok(content.startsWith('>> Hello 😭 (Bob 👍🏽!🧪'), content);
+
+    // Ann selects a word: Bob sees her cursor, her name and the selection.
+    await a.page.keyboard.press('Control+End');
+    await a.page.keyboard.press('Shift+ArrowLeft');
+    await a.page.keyboard.press('Shift+ArrowLeft');
+    await b.page.locator('.cm-peer-label', { hasText: 'Ann' }).waitFor();
+    await b.page.locator('.cm-peer-selection').waitFor();
+    await b.page.locator('.people li', { hasText: 'Ann' }).waitFor();
+    await a.page.locator('.people li', { hasText: 'Bob' }).waitFor();
+    await a.page.locator('.cm-peer-label', { hasText: 'Bob' }).waitFor();
+
+    // Rename yourself: the other page follows.
+    await b.page.fill('input.name', 'Bobby');
+    await b.page.press('input.name', 'Enter');
+    await b.page.click('.cm-content');
+    await a.page.locator('.cm-peer-label', { hasText: 'Bobby' }).waitFor();
+    await a.page.locator('.people li', { hasText: 'Bobby' }).waitFor();
+    await b.page.keyboard.press('End');
+    await b.page.keyboard.type(' ✓');
+    await converged(rest, doc.id, [a.page, b.page]);
+    await a.page.locator('.cm-peer-label', { hasText: 'Bobby' }).waitFor();
+    await b.page.locator('.cm-peer-label', { hasText: 'Ann' }).waitFor();
+    // Each page shows the other's cursor where it really is.
+    await waitFor(async () => {
+      const [sa, sb] = await Promise.all([a.page, b.page].map(selections));
+      return same(sa.peers[sb.me], sb.own) && same(sb.peers[sa.me], sa.own);
+    }, { what: 'remote selections to match the real ones' });
+
+    await saveSideBySide([a.page, b.page], join(artifacts, 'two-pages.png'));
+    assert.deepEqual([...a.errors, ...b.errors], []);
+    await ann.close();
+    await bob.close();
+  });
+});
+
+test('a page goes offline, edits, comes back, and its edits land exactly once', async () => {
+  await withServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Offline', content: 'base\n' })).body;
+    const ann = await newUser(browser, 'Ann', '#3cb44b');
+    const bob = await newUser(browser, 'Bob', '#911eb4');
+    const a = await openEditor(ann, server.url, doc.id);
+    const b = await openEditor(bob, server.url, doc.id);
+    const annId = (await state(a.page)).clientId;
+    await b.page.locator(`.people li[data-client="${annId}"]`).waitFor();
+
+    // Some synced edits first, so there is history to resume from.
+    await a.page.click('.cm-content');
+    await a.page.keyboard.press('Control+End');
+    await a.page.keyboard.type('online 1. ');
+    await converged(rest, doc.id, [a.page, b.page]);
+
+    // Offline: the socket is closed and no reconnect is tried.
+    await a.page.evaluate(() => window.collab.client.goOffline());
+    await a.page.locator('.status', { hasText: 'offline — 0 unsynced edits' }).waitFor();
+    // The server saw Ann go: Bob's list drops her.
+    await b.page.locator(`.people li[data-client="${annId}"]`).waitFor({ state: 'detached' });
+
+    await a.page.keyboard.type('offline 😀 edit');
+    const pending = (await state(a.page)).pending;
+    assert.equal(pending, 'offline 😀 edit'.length - 1, 'one edit per keystroke (😀 is one)');
+    await a.page.locator('.status', { hasText: `offline — ${pending} unsynced edits` }).waitFor();
+    // Meanwhile Bob edits at the start.
+    await b.page.click('.cm-content');
+    await b.page.keyboard.press('Control+Home');
+    await b.page.keyboard.type('Bob: ');
+    await waitFor(async () => (await state(b.page)).pending === 0, { what: "Bob's ack" });
+    const mid = (await rest('GET', `/api/documents/${doc.id}`)).body.content;
+    assert.equal(count(mid, 'offline'), 0, 'nothing reached the server while offline');
+    assert.equal((await state(a.page)).editor.includes('Bob'), false, 'nothing reached the page while offline');
+
+    // Closing the tab now would warn.
+    const warns = await a.page.evaluate(() => {
+      const e = new Event('beforeunload', { cancelable: true });
+      window.dispatchEvent(e);
+      return e.defaultPrevented;
+    });
+    assert.equal(warns, true);
+
+    // Back online: the queue goes out once, Bob's edit comes in.
+    await a.page.evaluate(() => window.collab.client.goOnline());
+    const content = await converged(rest, doc.id, [a.page, b.page]);
+    assert.equal(content, 'Bob: base\nonline 1. offline 😀 edit');
+    await a.page.locator('.status', { hasText: /^connected$/ }).waitFor();
+
+    // The ops listing: Ann's seqs strictly increase, none twice, and the
+    // offline text was committed in one op.
+    const ops = (await rest('GET', `/api/documents/${doc.id}/ops?since=0&limit=1000`)).body.ops;
+    const annSeqs = ops.filter((o) => o.client_id === annId).map((o) => o.seq);
+    assert.ok(annSeqs.length > 0);
+    for (let i = 1; i < annSeqs.length; i++) assert.ok(annSeqs[i] > annSeqs[i - 1], JSON.stringify(annSeqs));
+    const withOffline = ops.filter((o) => JSON.stringify(o.op).includes('offline 😀 edit'));
+    assert.equal(withOffline.length, 1, JSON.stringify(ops));
+    assert.equal(withOffline[0].client_id, annId);
+
+    const nowarn = await a.page.evaluate(() => {
+      const e = new Event('beforeunload', { cancelable: true });
+      window.dispatchEvent(e);
+      return e.defaultPrevented;
+    });
+    assert.equal(nowarn, false, 'no warning once everything is synced');
+    assert.deepEqual([...a.errors, ...b.errors], []);
+    await ann.close();
+    await bob.close();
+  });
+});
+
+test('edits survive the server being killed and restarted, exactly once', async () => {
+  await withServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Crash', content: '' })).body;
+    const ann = await newUser(browser, 'Ann', '#f58231');
+    const bob = await newUser(browser, 'Bob', '#008080');
+    const a = await openEditor(ann, server.url, doc.id);
+    const b = await openEditor(bob, server.url, doc.id);
+    await a.page.click('.cm-content');
+
+    const first = 'abcdefghijklmnopqrstuvwxyz';
+    const second = '0123456789😀ABCDEFGHIJ';
+    const typing = a.page.keyboard.type(first, { delay: 25 });
+    await waitFor(async () => (await rest('GET', `/api/documents/${doc.id}`)).body.rev >= 5, { what: 'some edits stored' });
+    await server.kill();
+    await typing;
+    await a.page.locator('.status', { hasText: /reconnecting|offline/ }).waitFor();
+    await a.page.keyboard.type(second, { delay: 5 });
+    await server.restart();
+
+    const content = await converged(rest, doc.id, [a.page, b.page]);
+    assert.equal(content, first + second);
+    const ops = (await rest('GET', `/api/documents/${doc.id}/ops?since=0&limit=1000`)).body.ops;
+    const keys = ops.map((o) => `${o.client_id}:${o.seq}`);
+    assert.equal(new Set(keys).size, keys.length, 'no (client_id, seq) twice');
+    assert.deepEqual(a.errors, []);
+    await ann.close();
+    await bob.close();
+  });
+});
+
+test('a deleted document is reported in plain words and the editor stops', async () => {
+  await withServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Doomed', content: 'bye' })).body;
+    const ctx = await newUser(browser, 'Ann', '#9a6324');
+    const a = await openEditor(ctx, server.url, doc.id);
+    assert.equal((await rest('DELETE', `/api/documents/${doc.id}`)).status, 204);
+    await a.page.locator('.banner', { hasText: 'This document has been deleted.' }).waitFor();
+    await waitFor(async () => (await a.page.locator('.cm-content').getAttribute('contenteditable')) === 'false', { what: 'read-only editor' });
+
+    const missing = await ctx.newPage();
+    await missing.goto(`${server.url}/d/no-such-doc`);
+    await missing.locator('.banner', { hasText: 'does not exist' }).waitFor();
+    await ctx.close();
+  });
+});
+
+/** Screenshot each page and save them side by side in one PNG. */
+async function saveSideBySide(pages, file) {
+  const shots = await Promise.all(pages.map((p) => p.screenshot()));
+  await mkdir(dirname(file), { recursive: true });
+  const ctx = await browser.newContext({ viewport: { width: 1816, height: 576 } });
+  const page = await ctx.newPage();
+  const imgs = shots.map((s) => `<img src="data:image/png;base64,${s.toString('base64')}">`).join('');
+  await page.setContent(
+    `<body style="margin:0;background:#99a;display:flex;gap:16px;padding:8px">${imgs}</body>`,
+  );
+  await page.waitForFunction(() => [...document.images].every((i) => i.complete && i.naturalWidth > 0));
+  await writeFile(file, await page.screenshot({ fullPage: true }));
+  await ctx.close();
+}

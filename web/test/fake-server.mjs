@@ -1,0 +1,194 @@
+// An in-memory stand-in for the collab WebSocket endpoint, for testing the
+// client library's state machine in Node without a browser or a real server.
+// It follows the wire contract's rules (transform against later ops with
+// side "left", exactly-once per (client_id, seq), resume welcomes), using
+// ot-text-unicode, and delivers messages through per-direction FIFO queues
+// that a seeded scheduler interleaves.
+
+import otText from 'ot-text-unicode';
+
+const { type } = otText;
+
+export function prng(seed) {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+export class FakeServer {
+  constructor({ content = '', seed = 1 } = {}) {
+    this.content = content;
+    this.rev = 0;
+    this.ops = []; // {rev, op, client_id, seq}
+    this.committed = new Map(); // "cid:seq" -> rev
+    this.sockets = new Set();
+    this.presence = new Map(); // cid -> {selection, user}
+    this.queues = []; // [{deliver, q: []}]
+    this.rand = prng(seed);
+    this.hooks = {}; // beforeAck(sock, seq, rev) -> 'drop' to kill instead of acking; onOp(sock, msg) -> 'drop' | {error}
+    this.nextGen = 1;
+    const server = this;
+    this.WebSocket = class extends FakeSocket {
+      constructor(url) {
+        super(server, url);
+      }
+    };
+  }
+
+  // ---- network ---------------------------------------------------------------
+
+  _post(queue, fn) {
+    queue.push(fn);
+  }
+
+  /** Deliver one queued message (random channel); false if nothing queued. */
+  step() {
+    const busy = [];
+    for (const s of this.sockets) {
+      if (s.toClient.length) busy.push(s.toClient);
+      if (s.toServer.length) busy.push(s.toServer);
+    }
+    for (const q of this.orphans || []) if (q.length) busy.push(q);
+    if (!busy.length) return false;
+    const q = busy[Math.floor(this.rand() * busy.length)];
+    q.shift()();
+    return true;
+  }
+
+  /** Run the network until `cond()` holds. */
+  async until(cond, what = 'condition', timeout = 5000) {
+    const end = Date.now() + timeout;
+    let n = 0;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      if (!this.step() || ++n % 50 === 0) await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  // ---- protocol ----------------------------------------------------------------
+
+  _accept(sock) {
+    const u = new URL(sock.url);
+    sock.clientId = u.searchParams.get('client_id') || 'gen' + this.nextGen++;
+    const since = u.searchParams.get('since');
+    this.sockets.add(sock);
+    const peers = [...this.presence].filter(([cid]) => cid !== sock.clientId).map(([cid, p]) => ({ client_id: cid, ...p }));
+    let welcome;
+    if (since !== null && Number(since) <= this.rev && !this.forgetHistory) {
+      welcome = { type: 'welcome', client_id: sock.clientId, rev: this.rev, ops: this.ops.slice(Number(since)), peers };
+    } else {
+      welcome = { type: 'welcome', client_id: sock.clientId, rev: this.rev, content: this.content, peers };
+    }
+    this._toClient(sock, welcome);
+  }
+
+  _toClient(sock, msg) {
+    const data = JSON.stringify(msg);
+    sock.toClient.push(() => {
+      if (sock.readyState === 1 && sock.onmessage) sock.onmessage({ data });
+    });
+  }
+
+  _fromClient(sock, data) {
+    const msg = JSON.parse(data);
+    if (msg.type === 'presence') {
+      const p = { selection: msg.selection, user: msg.user || (this.presence.get(sock.clientId) || {}).user || null };
+      this.presence.set(sock.clientId, p);
+      for (const s of this.sockets) if (s !== sock) this._toClient(s, { type: 'presence', client_id: sock.clientId, ...p });
+      return;
+    }
+    if (msg.type !== 'op') return this._toClient(sock, { type: 'error', code: 'bad_message', message: 'unknown type' });
+    const verdict = this.hooks.onOp && this.hooks.onOp(sock, msg);
+    if (verdict === 'drop') return this.kill(sock);
+    if (verdict && verdict.error) return this._toClient(sock, { type: 'error', code: verdict.error, message: verdict.error, seq: msg.seq });
+    const key = `${sock.clientId}:${msg.seq}`;
+    if (this.committed.has(key)) return this._toClient(sock, { type: 'ack', seq: msg.seq, rev: this.committed.get(key) });
+    if (msg.rev > this.rev) return this._toClient(sock, { type: 'error', code: 'rev_out_of_range', message: 'rev', seq: msg.seq });
+    let op = msg.op;
+    try {
+      for (const past of this.ops.slice(msg.rev)) op = type.transform(op, past.op, 'left');
+      this.content = type.apply(this.content, op);
+    } catch (e) {
+      return this._toClient(sock, { type: 'error', code: 'invalid_op', message: String(e), seq: msg.seq });
+    }
+    op = type.normalize(op);
+    this.rev++;
+    this.ops.push({ rev: this.rev, op, client_id: sock.clientId, seq: msg.seq, created_at: new Date(0).toISOString() });
+    this.committed.set(key, this.rev);
+    for (const p of this.presence.values()) if (p.selection) p.selection = type.transformSelection(p.selection, op);
+    for (const s of this.sockets) {
+      if (s !== sock) this._toClient(s, { type: 'op', rev: this.rev, op, client_id: sock.clientId, seq: msg.seq });
+    }
+    if (this.hooks.beforeAck && this.hooks.beforeAck(sock, msg.seq, this.rev) === 'drop') return this.kill(sock);
+    this._toClient(sock, { type: 'ack', seq: msg.seq, rev: this.rev });
+  }
+
+  _gone(sock) {
+    if (!this.sockets.delete(sock)) return;
+    this.presence.delete(sock.clientId);
+    for (const s of this.sockets) this._toClient(s, { type: 'leave', client_id: sock.clientId });
+  }
+
+  /** Drop a connection from the server side (messages in transit are lost). */
+  kill(sock) {
+    if (sock.readyState === 3) return;
+    sock.readyState = 3;
+    sock.toClient.length = 0;
+    sock.toServer.length = 0;
+    this._gone(sock);
+    const q = [() => sock.onclose && sock.onclose({ code: 1006 })];
+    this.orphans = (this.orphans || []).filter((x) => x.length).concat([q]);
+  }
+
+  killAll() {
+    for (const s of [...this.sockets]) this.kill(s);
+  }
+}
+
+class FakeSocket {
+  constructor(server, url) {
+    this.server = server;
+    this.url = url;
+    this.readyState = 1;
+    this.toClient = [];
+    this.toServer = [];
+    this.onmessage = this.onclose = this.onerror = null;
+    server._accept(this);
+  }
+  send(data) {
+    if (this.readyState !== 1) throw new Error('socket not open');
+    this.toServer.push(() => {
+      if (this.server.sockets.has(this)) this.server._fromClient(this, data);
+    });
+  }
+  close() {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    // Messages already sent still reach the server (TCP), then it sees the close.
+    this.toServer.push(() => this.server._gone(this));
+    this.toClient.length = 0;
+    const rest = this.toServer;
+    this.server.orphans = (this.server.orphans || []).filter((x) => x.length).concat([rest]);
+  }
+}
+
+export class MemoryStorage {
+  constructor() {
+    this.map = new Map();
+  }
+  getItem(k) {
+    return this.map.has(k) ? this.map.get(k) : null;
+  }
+  setItem(k, v) {
+    this.map.set(k, String(v));
+  }
+  removeItem(k) {
+    this.map.delete(k);
+  }
+}
