@@ -140,6 +140,16 @@ pub(crate) enum Command {
     Drop,
 }
 
+/// A session's events, taken out of it with [`Session::take_events`].
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event, or `None` once the session has ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+}
+
 /// One client's live view of one document.
 pub struct Session {
     client_id: String,
@@ -227,9 +237,18 @@ impl Session {
         }
     }
 
-    /// The next event, or `None` once the session has ended.
+    /// The next event, or `None` once the session has ended (or its events
+    /// were taken with [`Session::take_events`]).
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
+    }
+
+    /// Hands the event stream to someone else, e.g. a task that drains it
+    /// while this one edits. Events must be taken: when
+    /// `Options::event_capacity` of them wait, the session stops reading.
+    pub fn take_events(&mut self) -> Events {
+        let (_, closed) = mpsc::channel(1);
+        Events(std::mem::replace(&mut self.events, closed))
     }
 
     /// Drops the connection as a network failure would; the session
