@@ -146,7 +146,13 @@ impl Task {
                         Command::Edit(build, reply) => {
                             let sent = self.local_edit(build);
                             let _ = reply.send(sent.as_ref().map(|_| ()).map_err(Clone::clone));
-                            sent.ok().flatten().map(|o| op_frame(&o))
+                            match sent.ok().flatten() {
+                                Some(out) => {
+                                    self.emit(Event::Sent { seq: out.seq, rev: out.rev }).await;
+                                    Some(op_frame(&out))
+                                }
+                                None => None,
+                            }
                         }
                         Command::Presence(selection) => {
                             Some(presence(selection, self.options.user.as_ref()))
@@ -197,6 +203,13 @@ impl Task {
                 })?;
                 self.publish();
                 self.emit(Event::Acked { seq, rev }).await;
+                if let Some(out) = &next {
+                    self.emit(Event::Sent {
+                        seq: out.seq,
+                        rev: out.rev,
+                    })
+                    .await;
+                }
                 return Ok(next);
             }
             ServerMessage::Op {

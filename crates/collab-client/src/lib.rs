@@ -73,6 +73,12 @@ pub enum Event {
         client_id: Option<String>,
         seq: Option<u64>,
     },
+    /// Our local edits since the last `Sent` went out as op `seq`, based on
+    /// revision `rev` (a resend after a reconnect is not reported again).
+    Sent {
+        seq: u64,
+        rev: u64,
+    },
     /// The server stored our op `seq` as revision `rev`.
     Acked {
         seq: u64,

@@ -346,9 +346,12 @@ impl Room {
             }
             // Presence updates go with the sessions, just below.
         }
-        // Their view may include nothing unstored (broadcasts wait for the
-        // write), but their ops in flight were lost: they resume and resend.
-        self.sessions.clear();
+        // A deleted document tells its sessions so as the room stops.
+        // Otherwise their view holds nothing unstored (broadcasts wait for
+        // the write), but their ops in flight were lost: they resume and resend.
+        if !self.gone {
+            self.sessions.clear();
+        }
     }
 
     fn answer(&mut self, origin: Origin, rev: u64) {

@@ -6,7 +6,7 @@
 //! for it. Everything about the document itself happens in the room.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -23,6 +23,10 @@ use crate::rooms::{Frame, JoinRequest, Joined, RoomError};
 const CLOSE_RESTART: u16 = 1012;
 /// Close code 1008 "policy violation", after a refusing error frame.
 const CLOSE_POLICY: u16 = 1008;
+/// How long one frame may take to reach a client before it is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the client's half of the closing handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Frames above the configured limit but below this are read and answered
 /// with `too_large`; beyond it the socket layer gives up on the connection.
@@ -156,6 +160,8 @@ impl Connection {
                         Ok(ClientMessage::Op { rev, seq, op }) => {
                             if rate.allow(Instant::now()) {
                                 if link.submit(seq, rev, op).await.is_err() {
+                                    // The room has ended: deliver its last words.
+                                    self.drain(&mut outbound).await;
                                     break;
                                 }
                                 Ok(())
@@ -170,6 +176,7 @@ impl Connection {
                         Ok(ClientMessage::Presence { selection, user }) => {
                             let user = user.map(|u| serde_json::to_value(u).unwrap_or_default());
                             if link.presence(selection, user).await.is_err() {
+                                self.drain(&mut outbound).await;
                                 break;
                             }
                             Ok(())
@@ -194,20 +201,52 @@ impl Connection {
         self.close(CLOSE_POLICY, "refused").await;
     }
 
-    async fn send(&mut self, frame: Frame) -> Result<(), axum::Error> {
-        self.socket
-            .send(Message::Text(Utf8Bytes::from(frame.as_ref())))
-            .await
+    /// Sends one frame. A client that does not read for `WRITE_TIMEOUT`
+    /// is given up on, so it cannot pin its queue and task forever.
+    async fn send(&mut self, frame: Frame) -> Result<(), ()> {
+        let write = self
+            .socket
+            .send(Message::Text(Utf8Bytes::from(frame.as_ref())));
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(()),
+        }
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })))
+    /// Sends what the room queued before it let go of this session.
+    async fn drain(&mut self, outbound: &mut mpsc::Receiver<Frame>) {
+        while let Some(frame) = outbound.recv().await {
+            if self.send(frame).await.is_err() {
+                return;
+            }
+        }
+        self.close(CLOSE_POLICY, "session ended by the server")
             .await;
+    }
+
+    /// The closing handshake: send our close frame, then wait (briefly) for
+    /// the client's. Dropping a socket with unread input makes the kernel
+    /// reset the connection, which can destroy the frames just sent (such
+    /// as a `document_deleted` error).
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(frame))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -280,8 +319,6 @@ impl RateLimit {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
