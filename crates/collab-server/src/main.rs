@@ -22,6 +22,11 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.subcommand() {
         Command::Serve => {
+            // Every WebSocket is a file descriptor: the usual soft limit of
+            // 1024 would cap connections far below what memory allows.
+            if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+                tracing::warn!(error = %e, "could not raise the open-files limit");
+            }
             let state = AppState::connect(&config)
                 .await
                 .context("could not open the database")?;
