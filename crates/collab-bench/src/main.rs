@@ -4,9 +4,14 @@
 //!   `Operation::apply` and through a plain rope (the floor), and compares.
 //! * `transform`: one-character ops transformed against a window of
 //!   concurrent ops, as the server does for a late op.
+//! * `load`: clients typing into a running server; throughput and latency.
+//! * `connections`: the server's memory per idle WebSocket connection.
 //!
 //! Each subcommand lives in its own module; this file only parses arguments.
 
+mod connections;
+mod load;
+mod procstat;
 mod stats;
 mod trace;
 mod transform;
@@ -17,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "collab-bench",
     version,
-    about = "Benchmarks for the collab OT engine"
+    about = "Benchmarks for collab: the OT engine, and a running server under load"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,12 +35,18 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Transform throughput of one-character ops against a window of concurrent ops.
     Transform(transform::TransformArgs),
+    /// Drive a running server with N clients over M documents at R edits/s each.
+    Load(load::LoadArgs),
+    /// Open K idle WebSocket connections and report the server's RSS per connection.
+    Connections(connections::ConnectionsArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Trace(args) => trace::run(&args),
         Command::Transform(args) => transform::run(&args),
+        Command::Load(args) => load::run(&args),
+        Command::Connections(args) => connections::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,10 +4,13 @@
 //! [`Patch`]es. Each [`Subject`] then replays the whole list from an empty
 //! document, timed, and its final text is checked against the trace's
 //! `endContent`. The first subject is the floor every other one is compared
-//! with: a plain [`Rope`] doing nothing but the edits.
+//! with: a plain [`Rope`] doing nothing but the edits. The CRDT libraries
+//! (diamond-types, yrs, automerge) are in [`crdts`].
 //!
 //! Adding a subject (another engine, a CRDT) means implementing [`Subject`]
 //! (and [`Replayed`] for its final state) and listing it in [`subjects`].
+
+mod crdts;
 
 use std::fs::File;
 use std::io::Read;
@@ -37,6 +40,14 @@ pub struct TraceArgs {
     /// Timed runs per subject; the median is reported.
     #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// Timed runs for the slow subjects (yrs and automerge, which take
+    /// seconds per replay) instead of --runs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub crdt_runs: u32,
+    /// Leave out the CRDT libraries (diamond-types, yrs, automerge): only the
+    /// rope floor and the engine (and --breakdown's subjects).
+    #[arg(long)]
+    pub no_crdts: bool,
     /// Also print the results as JSON, on the last line.
     #[arg(long)]
     pub json: bool,
@@ -176,14 +187,22 @@ pub trait Subject {
     fn name(&self) -> &'static str;
     /// Replays every patch of `trace` from its start content. This is the timed part.
     fn replay(&self, trace: &Trace) -> anyhow::Result<Box<dyn Replayed>>;
+    /// Slow subjects are timed over `--crdt-runs` runs instead of `--runs`.
+    fn is_slow(&self) -> bool {
+        false
+    }
 }
 
 /// A subject's state after a replay (checked and measured untimed).
 pub trait Replayed {
     /// The document text.
     fn text(&self) -> String;
-    /// Approximate bytes held by the state.
+    /// Approximate bytes held by the state, or a stand-in for them (see
+    /// [`Replayed::memory_kind`]).
     fn memory_bytes(&self) -> usize;
+    /// What [`Replayed::memory_bytes`] measures, in a word or two for the
+    /// report: `"text buffer"`, or `"encoded"` for a serialized size.
+    fn memory_kind(&self) -> &'static str;
 }
 
 impl Replayed for Rope {
@@ -195,6 +214,10 @@ impl Replayed for Rope {
     /// internal nodes, which are a few percent more).
     fn memory_bytes(&self) -> usize {
         self.capacity()
+    }
+
+    fn memory_kind(&self) -> &'static str {
+        "text buffer"
     }
 }
 
@@ -284,8 +307,9 @@ impl Subject for ApplyPrebuilt {
 }
 
 /// Every subject for `trace`, the floor first; with `breakdown`, also the
-/// diagnostic ones that split the engine's cost into building and applying.
-fn subjects(trace: &Trace, breakdown: bool) -> anyhow::Result<Vec<Box<dyn Subject>>> {
+/// diagnostic ones that split the engine's cost into building and applying;
+/// with `crdts`, then the CRDT libraries.
+fn subjects(trace: &Trace, breakdown: bool, crdts: bool) -> anyhow::Result<Vec<Box<dyn Subject>>> {
     let mut out: Vec<Box<dyn Subject>> = vec![Box::new(RopeFloor), Box::new(EngineApply)];
     if breakdown {
         let ops = trace
@@ -295,6 +319,9 @@ fn subjects(trace: &Trace, breakdown: bool) -> anyhow::Result<Vec<Box<dyn Subjec
             .collect::<Result<Vec<_>, _>>()?;
         out.push(Box::new(RopeAndBuild));
         out.push(Box::new(ApplyPrebuilt(ops)));
+    }
+    if crdts {
+        out.extend(crdts::subjects(trace));
     }
     Ok(out)
 }
@@ -307,6 +334,10 @@ pub struct SubjectResult {
     pub ratio_to_floor: f64,
     pub ops_per_s: f64,
     pub memory_bytes: usize,
+    /// What `memory_bytes` is: `"text buffer"` or `"encoded"` (serialized size).
+    pub memory_kind: &'static str,
+    /// Timed runs behind `median_ms`.
+    pub runs: u32,
     pub ok: bool,
 }
 
@@ -315,35 +346,50 @@ pub struct SubjectResult {
 pub struct TraceReport {
     pub trace: String,
     pub patches: usize,
+    /// Timed runs per subject (`slow_runs` for the slow ones).
     pub runs: u32,
+    pub slow_runs: u32,
     pub results: Vec<SubjectResult>,
 }
 
-/// Replays `trace` with every subject: one untimed warm-up each, then `runs`
-/// timed runs, alternating subjects (and their order) so they share noise.
+/// Replays `trace` with every subject: one untimed warm-up each (which also
+/// measures memory), then `runs` timed runs (`slow_runs` for slow subjects),
+/// alternating subjects (and their order) so they share noise. Every run's
+/// final text is checked.
 pub fn bench_trace(
     trace: &Trace,
     subjects: &[Box<dyn Subject>],
     runs: u32,
+    slow_runs: u32,
 ) -> anyhow::Result<TraceReport> {
     let n = subjects.len();
-    let mut samples = vec![Vec::with_capacity(runs as usize); n];
+    let runs_of: Vec<u32> = subjects
+        .iter()
+        .map(|s| if s.is_slow() { slow_runs } else { runs })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = runs_of
+        .iter()
+        .map(|&r| Vec::with_capacity(r as usize))
+        .collect();
     let mut ok = vec![true; n];
-    let mut memory = vec![0; n];
-    let mut check = |i: usize, state: &dyn Replayed| {
-        ok[i] &= state.text() == trace.end_content;
-        memory[i] = state.memory_bytes();
-    };
+    let mut memory = Vec::with_capacity(n);
     for (i, s) in subjects.iter().enumerate() {
-        check(i, &*s.replay(trace)?);
+        let state = s
+            .replay(trace)
+            .with_context(|| format!("{} replaying {}", s.name(), trace.name))?;
+        ok[i] &= state.text() == trace.end_content;
+        memory.push((state.memory_bytes(), state.memory_kind()));
     }
-    for run in 0..runs {
+    for run in 0..runs.max(slow_runs) {
         for k in 0..n {
             let i = if run % 2 == 0 { k } else { n - 1 - k };
+            if run >= runs_of[i] {
+                continue;
+            }
             let start = Instant::now();
             let state = subjects[i].replay(trace)?;
             samples[i].push(ms(start.elapsed()));
-            check(i, &*state);
+            ok[i] &= state.text() == trace.end_content;
         }
     }
     let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
@@ -356,7 +402,9 @@ pub fn bench_trace(
             median_ms: medians[i],
             ratio_to_floor: medians[i] / floor,
             ops_per_s: trace.patches.len() as f64 / (medians[i] / 1e3),
-            memory_bytes: memory[i],
+            memory_bytes: memory[i].0,
+            memory_kind: memory[i].1,
+            runs: runs_of[i],
             ok: ok[i],
         })
         .collect();
@@ -364,30 +412,32 @@ pub fn bench_trace(
         trace: trace.name.clone(),
         patches: trace.patches.len(),
         runs,
+        slow_runs,
         results,
     })
 }
 
 fn print_table(report: &TraceReport, trace: &Trace) {
     println!(
-        "trace {}: {} patches, {} chars at the end, median of {} runs",
+        "trace {}: {} patches, {} chars at the end",
         report.trace,
         thousands(report.patches as f64),
         thousands(trace.end_content.chars().count() as f64),
-        report.runs
     );
     println!(
-        "  {:<16} {:>10} {:>9} {:>12} {:>11} {:>4}",
-        "subject", "median ms", "vs rope", "ops/s", "memory KiB", "ok"
+        "  {:<16} {:>4} {:>10} {:>9} {:>12} {:>11} {:<11} {:>4}",
+        "subject", "runs", "median ms", "vs rope", "ops/s", "memory KiB", "(measure)", "ok"
     );
     for r in &report.results {
         println!(
-            "  {:<16} {:>10.2} {:>8.2}x {:>12} {:>11} {:>4}",
+            "  {:<16} {:>4} {:>10.2} {:>8.2}x {:>12} {:>11} {:<11} {:>4}",
             r.name,
+            r.runs,
             r.median_ms,
             r.ratio_to_floor,
             thousands(r.ops_per_s),
             thousands(r.memory_bytes as f64 / 1024.0),
+            r.memory_kind,
             if r.ok { "ok" } else { "FAIL" }
         );
     }
@@ -411,13 +461,16 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut reports = Vec::new();
     for trace in &traces {
-        let subjects = subjects(trace, args.breakdown)?;
-        let report = bench_trace(trace, &subjects, args.runs)?;
+        let subjects = subjects(trace, args.breakdown, !args.no_crdts)?;
+        let report = bench_trace(trace, &subjects, args.runs, args.crdt_runs)?;
         print_table(&report, trace);
         reports.push(report);
     }
     println!(
-        "memory: the final rope's text buffer capacity (Rope::capacity), tree nodes excluded."
+        "memory: \"text buffer\" is the final rope's text buffer capacity (Rope::capacity), \
+         tree nodes excluded; \"encoded\" is the size of the library's own full encoding of \
+         the final document (diamond-types OpLog::encode(ENCODE_FULL), yrs v1 update, \
+         Automerge::save), as none of them reports the memory it holds."
     );
     let failed = reports.iter().any(|r| r.results.iter().any(|s| !s.ok));
     if args.json {
@@ -502,11 +555,26 @@ mod tests {
     #[test]
     fn subjects_replay_to_end_content() {
         let t = Trace::from_json("tiny", TINY).unwrap();
-        let report = bench_trace(&t, &subjects(&t, true).unwrap(), 3).unwrap();
-        assert_eq!(report.results.len(), 4);
+        let report = bench_trace(&t, &subjects(&t, true, true).unwrap(), 3, 2).unwrap();
+        let names: Vec<&str> = report.results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rope",
+                "collab-ot apply",
+                "rope + build op",
+                "apply prebuilt",
+                "diamond-types",
+                "yrs (+utf16 map)",
+                "automerge"
+            ]
+        );
         for r in &report.results {
             assert!(r.ok, "{} gave the wrong text", r.name);
+            assert!(r.memory_bytes > 0, "{} reported no memory", r.name);
         }
         assert_eq!(report.results[0].ratio_to_floor, 1.0);
+        assert_eq!(report.results[0].runs, 3);
+        assert_eq!(report.results[6].runs, 2);
     }
 }

@@ -428,7 +428,8 @@ impl Task {
 
 /// Opens a socket and reads its welcome (or the error that refused it).
 async fn open(url: &str) -> Result<(Socket, ServerMessage), Error> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+    // No Nagle: an edit is a small frame that must leave at once.
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .map_err(|e| Error::Connect(e.to_string()))?;
     loop {
