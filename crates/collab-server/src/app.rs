@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::cluster::{self, ClusterLink};
 use crate::config::Config;
 use crate::error::AppError;
 use crate::rooms::Rooms;
@@ -46,10 +47,19 @@ pub struct Limits {
 }
 
 impl AppState {
+    /// A single instance (no cluster).
     pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Self {
+        Self::with_cluster(store, config, None)
+    }
+
+    fn with_cluster(
+        store: Arc<dyn DocumentStore>,
+        config: &Config,
+        cluster: Option<ClusterLink>,
+    ) -> Self {
         let (notifier, worker) =
             SnapshotWorker::in_process(Arc::clone(&store), config.snapshot_config(), None);
-        let rooms = Rooms::new(Arc::clone(&store), config.room_config(), notifier);
+        let rooms = Rooms::new(Arc::clone(&store), config.room_config(), notifier, cluster);
         // The worker checks each snapshot against the live room.
         let worker = worker.with_live(Arc::new(rooms.clone()));
         Self {
@@ -67,10 +77,31 @@ impl AppState {
     }
 
     /// Open the configured store, create and migrate it, and build the state.
+    /// With `REDIS_URL` set, joins the other instances through Redis.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        config.validate().map_err(StoreError::Config)?;
         let store = store::open_store(&config.database_url).await?;
         store.migrate().await?;
-        Ok(Self::new(store, config))
+        let Some(url) = &config.redis_url else {
+            return Ok(Self::new(store, config));
+        };
+        let instance = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let ttl = std::time::Duration::from_secs(config.presence_ttl_secs.max(1));
+        let (link, client) = cluster::connect(url, &config.redis_prefix, &instance, ttl)
+            .await
+            .map_err(|e| StoreError::Config(format!("cannot use Redis at {url}: {e}")))?;
+        let state = Self::with_cluster(store, config, Some(link));
+        cluster::subscribe(
+            client,
+            config.redis_prefix.clone(),
+            instance.clone(),
+            state.rooms.clone(),
+        );
+        tracing::info!(%instance, "running as one instance of a cluster");
+        Ok(state)
     }
 }
 

@@ -114,9 +114,49 @@ pub struct Config {
         global = true
     )]
     pub snapshot_interval_secs: u64,
+
+    /// Redis for running several instances together (needs PostgreSQL);
+    /// unset: a single instance.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// Namespace of this cluster's Redis channels.
+    #[arg(
+        long,
+        env = "COLLAB_REDIS_PREFIX",
+        default_value = "collab",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// This instance's name in logs and presence (random when unset).
+    #[arg(long, env = "COLLAB_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+
+    /// Peers of an instance that stopped sending heartbeats disappear after
+    /// this many seconds.
+    #[arg(
+        long,
+        env = "COLLAB_PRESENCE_TTL_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub presence_ttl_secs: u64,
 }
 
 impl Config {
+    /// Refuses settings that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && !self.database_url.starts_with("postgres") {
+            return Err(
+                "REDIS_URL (multi-instance) needs a PostgreSQL DATABASE_URL; \
+                 SQLite is single-instance: unset REDIS_URL or use postgres://"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
     /// The defaults, as if no variable or flag were set; for tests and tools.
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Self {
@@ -131,6 +171,10 @@ impl Config {
             room_idle_secs: 300,
             snapshot_every_ops: 500,
             snapshot_interval_secs: 60,
+            redis_url: None,
+            redis_prefix: "collab".to_owned(),
+            instance_id: None,
+            presence_ttl_secs: 15,
         }
     }
 

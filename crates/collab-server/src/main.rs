@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config.clone();
     telemetry::init(config.log_format, &config.log_filter)?;
+    config.validate().map_err(anyhow::Error::msg)?;
 
     match cli.subcommand() {
         Command::Serve => {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use collab_ot::{DocumentLimits, Operation, SubmitError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::{ClusterLink, ClusterMessage};
 use crate::domain::{ClientId, DocumentId};
 use crate::snapshot::{LiveContent, SnapshotNotifier};
 use crate::store::{DocumentStore, StoreError};
@@ -128,6 +129,10 @@ enum Command {
     Leave {
         session: u64,
     },
+    /// News from another instance.
+    Cluster(ClusterMessage),
+    /// Read what other instances committed from the op log.
+    CatchUp,
     /// The document was deleted: stop without a snapshot.
     Deleted,
     /// The server is stopping: commit what is pending, snapshot, stop.
@@ -217,6 +222,8 @@ struct Shared {
     store: Arc<dyn DocumentStore>,
     config: RoomConfig,
     snapshots: SnapshotNotifier,
+    /// Set when several instances share the documents.
+    cluster: Option<ClusterLink>,
     next_generation: AtomicU64,
     next_session: AtomicU64,
     registry: Mutex<Registry>,
@@ -240,6 +247,7 @@ impl Rooms {
         store: Arc<dyn DocumentStore>,
         config: RoomConfig,
         snapshots: SnapshotNotifier,
+        cluster: Option<ClusterLink>,
     ) -> Self {
         let (stop_guard, all_stopped) = mpsc::channel(1);
         Self {
@@ -247,6 +255,7 @@ impl Rooms {
                 store,
                 config,
                 snapshots,
+                cluster,
                 next_generation: AtomicU64::new(0),
                 next_session: AtomicU64::new(0),
                 registry: Mutex::new(Registry {
@@ -319,8 +328,30 @@ impl Rooms {
         Err(RoomError::Closed)
     }
 
+    /// Hands news from another instance to the document's room, if it is
+    /// open here (a closed room loads fresh from the log anyway). Never
+    /// waits: a dropped message is caught up from the log.
+    pub fn deliver(&self, id: &DocumentId, message: ClusterMessage) {
+        let handle = self.shared.lock().rooms.get(id).cloned();
+        if let Some(handle) = handle {
+            let _ = handle.tx.try_send(Command::Cluster(message));
+        }
+    }
+
+    /// Every open room reads what it missed from the op log.
+    pub fn catch_up_all(&self) {
+        let handles: Vec<RoomHandle> = self.shared.lock().rooms.values().cloned().collect();
+        for handle in handles {
+            let _ = handle.tx.try_send(Command::CatchUp);
+        }
+    }
+
     /// Tell the document's room, if it is open, that the document is gone.
     pub async fn document_deleted(&self, id: &DocumentId) {
+        if let Some(cluster) = &self.shared.cluster {
+            let from = cluster.instance().to_owned();
+            cluster.publish(id, &ClusterMessage::Deleted { from });
+        }
         let handle = self.shared.lock().rooms.remove(id);
         if let Some(handle) = handle {
             // A room that already stopped has nothing to be told.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
 use collab_ot::{Committed, Document, Rope, SubmitError, Submitted};
@@ -16,12 +17,18 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::{Command, DocState, Frame, JoinRequest, Reply, RoomError, Shared, Submission};
+use crate::cluster::{ClusterLink, ClusterMessage, ClusterOp};
 use crate::domain::DocumentId;
 use crate::store::{NewOp, StoreError};
 
 /// Most commands taken from the queue in one go. Bounds how long the first
 /// submitter of a burst waits for the shared commit.
 const MAX_BATCH: usize = 64;
+/// How often a room of a cluster checks the log for ops it missed and sends
+/// its peers' presence heartbeats.
+const CLUSTER_TICK: Duration = Duration::from_secs(1);
+/// Write attempts of one batch that keeps losing races to other instances.
+const MAX_REBASES: usize = 8;
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -41,6 +48,10 @@ pub(super) fn spawn(
         answers: Vec::new(),
         sessions: HashMap::new(),
         gone: false,
+        checkpoint: None,
+        remote_peers: HashMap::new(),
+        last_active: Instant::now(),
+        last_heartbeat: Instant::now(),
         _stop_guard: stop_guard,
     };
     tokio::spawn(room.run(rx).instrument(span));
@@ -64,8 +75,10 @@ enum Origin {
 /// An edit's outcome, answered once the staged ops are stored.
 #[derive(Debug)]
 enum Answer {
-    /// Newly committed: the next op of `staged`, in order.
-    Applied(Origin),
+    /// Newly committed: the next op of `staged`, in order. In a cluster the
+    /// submission is kept, to transform it again if another instance wins
+    /// the write.
+    Applied(Origin, Option<Submission>),
     /// Committed before, at `rev`.
     Duplicate(Origin, u64),
     /// A presence update, sent after the ops staged before it: its selection
@@ -93,24 +106,52 @@ struct Room {
     sessions: HashMap<u64, Session>,
     /// The document does not exist (any more).
     gone: bool,
+    /// In a cluster: the document as of the last write that succeeded, to
+    /// rebase on when another instance wrote first.
+    checkpoint: Option<Document>,
+    /// Peers connected to other instances, and when each was last heard of.
+    remote_peers: HashMap<String, Instant>,
+    /// Last command that was not cluster news (for unloading when idle).
+    last_active: Instant,
+    last_heartbeat: Instant,
     /// Dropped when this task ends; see [`Shared::all_stopped`].
     _stop_guard: mpsc::Sender<()>,
 }
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let idle = self.shared.config.idle;
+        let clustered = self.shared.cluster.is_some();
         let exit = loop {
-            // Only a room nobody is connected to counts down to unloading.
-            let next = if self.sessions.is_empty() {
-                tokio::time::timeout(self.shared.config.idle, rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                rx.recv().await
+            // Only a room nobody is connected to counts down to unloading;
+            // a room of a cluster also wakes up every tick.
+            let idle_left = idle.saturating_sub(self.last_active.elapsed());
+            let wait = match (clustered, self.sessions.is_empty()) {
+                (true, true) => Some(CLUSTER_TICK.min(idle_left)),
+                (true, false) => Some(CLUSTER_TICK),
+                (false, true) => Some(idle_left),
+                (false, false) => None,
             };
-            // No command (idle, or every handle gone): nobody needs this room.
-            let Some(first) = next else { break Exit::Idle };
+            let received = match wait {
+                None => rx.recv().await,
+                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(received) => received,
+                    Err(_quiet) => {
+                        if self.sessions.is_empty() && self.last_active.elapsed() >= idle {
+                            break Exit::Idle;
+                        }
+                        self.tick().await;
+                        continue;
+                    }
+                },
+            };
+            // Every handle gone: nobody can reach this room any more.
+            let Some(first) = received else {
+                break Exit::Idle;
+            };
+            if !matches!(first, Command::Cluster(_) | Command::CatchUp) {
+                self.last_active = Instant::now();
+            }
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -183,8 +224,10 @@ impl Room {
                 }
             }
             Command::Read { reply } => {
-                // A read must not see ops that are not stored yet.
+                // A read must not see ops that are not stored yet, and in a
+                // cluster it must see what the other instances stored.
                 self.flush().await;
+                self.catch_up_if_clustered().await;
                 let _ = reply.send(self.read().await);
             }
             Command::Join {
@@ -193,6 +236,7 @@ impl Room {
                 reply,
             } => {
                 self.flush().await;
+                self.catch_up_if_clustered().await;
                 let _ = reply.send(self.join(session, request).await);
             }
             Command::SessionPresence {
@@ -201,6 +245,15 @@ impl Room {
                 user,
             } => self.presence(session, selection, user),
             Command::Leave { session } => self.leave(session),
+            Command::Cluster(ClusterMessage::Deleted { .. }) => return Some(Exit::Deleted),
+            Command::Cluster(message) => {
+                self.flush().await;
+                self.remote(message).await;
+            }
+            Command::CatchUp => {
+                self.flush().await;
+                self.catch_up().await;
+            }
             Command::Deleted => return Some(Exit::Deleted),
             Command::Shutdown => return Some(Exit::Shutdown),
         }
@@ -209,6 +262,7 @@ impl Room {
 
     /// Runs an edit through the engine; its answer waits for the flush.
     async fn stage(&mut self, submission: Submission, origin: Origin) {
+        let retry = self.shared.cluster.is_some().then(|| submission.clone());
         match self.apply(submission).await {
             Ok(Submitted::Applied(committed)) => {
                 self.staged.push(NewOp {
@@ -217,7 +271,7 @@ impl Room {
                     client_id: committed.client_id,
                     seq: committed.seq,
                 });
-                self.answers.push(Answer::Applied(origin));
+                self.answers.push(Answer::Applied(origin, retry));
             }
             Ok(Submitted::Duplicate { rev }) => self.answers.push(Answer::Duplicate(origin, rev)),
             // A refused op changed nothing, so it can be answered right away.
@@ -284,26 +338,64 @@ impl Room {
     }
 
     /// Writes the staged ops in one transaction, then answers and broadcasts
-    /// them in revision order.
+    /// them in revision order. In a cluster, a write that lost the race to
+    /// another instance is rebased on what that instance wrote and retried.
     async fn flush(&mut self) {
-        if self.answers.is_empty() {
-            return;
+        for attempt in 0.. {
+            if self.answers.is_empty() {
+                return;
+            }
+            let result = if self.staged.is_empty() {
+                Ok(())
+            } else {
+                self.shared.store.append_ops(&self.id, &self.staged).await
+            };
+            let staged = std::mem::take(&mut self.staged);
+            let answers = std::mem::take(&mut self.answers);
+            match result {
+                Ok(()) => return self.committed(staged, answers),
+                Err(StoreError::Conflict(why))
+                    if self.shared.cluster.is_some() && attempt < MAX_REBASES =>
+                {
+                    debug!(attempt, why, "another instance wrote first; rebasing");
+                    self.doc = self.checkpoint.clone();
+                    self.catch_up().await;
+                    for answer in answers {
+                        match answer {
+                            Answer::Applied(origin, Some(submission)) => {
+                                self.stage(submission, origin).await;
+                            }
+                            other => self.answers.push(other),
+                        }
+                    }
+                }
+                Err(e) => return self.write_failed(e, answers),
+            }
         }
-        let result = if self.staged.is_empty() {
-            Ok(())
-        } else {
-            self.shared.store.append_ops(&self.id, &self.staged).await
-        };
-        let staged = std::mem::take(&mut self.staged);
-        let answers = std::mem::take(&mut self.answers);
-        if let Err(e) = result {
-            self.write_failed(e, answers);
-            return;
+    }
+
+    /// The batch is stored: answer, broadcast, tell the other instances.
+    fn committed(&mut self, staged: Vec<NewOp>, answers: Vec<Answer>) {
+        if let Some(cluster) = &self.shared.cluster {
+            if !staged.is_empty() {
+                let ops = staged
+                    .iter()
+                    .map(|o| ClusterOp {
+                        rev: o.rev,
+                        op: o.op.clone(),
+                        client_id: o.client_id.clone(),
+                        seq: o.seq,
+                    })
+                    .collect();
+                let from = cluster.instance().to_owned();
+                cluster.publish(&self.id, &ClusterMessage::Ops { from, ops });
+            }
+            self.checkpoint = self.doc.clone();
         }
         let mut ops = staged.into_iter();
         for answer in answers {
             match answer {
-                Answer::Applied(origin) => {
+                Answer::Applied(origin, _) => {
                     let op = ops.next().expect("one staged op per applied answer");
                     let rev = op.rev;
                     let author = match &origin {
@@ -328,6 +420,194 @@ impl Room {
         }
     }
 
+    /// Reads the ops other instances committed since our revision from the
+    /// log, applies them and sends them to our sessions. Must run with
+    /// nothing staged.
+    async fn catch_up(&mut self) {
+        let Some(doc) = self.doc.as_mut() else {
+            return;
+        };
+        let mut frames = Vec::new();
+        let mut failed = None;
+        loop {
+            let ops = match self.shared.store.ops_since(&self.id, doc.rev(), 1000).await {
+                Ok(ops) => ops,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            };
+            if ops.is_empty() {
+                break;
+            }
+            for o in ops {
+                frames.push(frame(&ServerMessage::Op {
+                    rev: o.rev,
+                    op: o.op.clone(),
+                    client_id: o.client_id.clone(),
+                    seq: o.seq,
+                }));
+                let replayed = doc.replay(Committed {
+                    rev: o.rev,
+                    op: o.op,
+                    client_id: o.client_id,
+                    seq: o.seq,
+                });
+                if let Err(e) = replayed {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+        if let Some(why) = failed {
+            // Start again from the log on the next command.
+            warn!(why, "could not catch up; reloading");
+            self.doc = None;
+            self.checkpoint = None;
+        } else {
+            self.checkpoint = self.doc.clone();
+        }
+        for frame in &frames {
+            self.broadcast(frame, None);
+        }
+    }
+
+    async fn catch_up_if_clustered(&mut self) {
+        if self.shared.cluster.is_some() {
+            self.catch_up().await;
+        }
+    }
+
+    /// News from another instance.
+    async fn remote(&mut self, message: ClusterMessage) {
+        let Some(doc) = self.doc.as_mut() else {
+            return;
+        };
+        match message {
+            ClusterMessage::Ops { ops, .. } => {
+                let mut frames = Vec::new();
+                let mut gap = false;
+                for o in ops {
+                    if o.rev <= doc.rev() {
+                        continue;
+                    }
+                    if o.rev > doc.rev() + 1 {
+                        gap = true;
+                        break;
+                    }
+                    frames.push(frame(&ServerMessage::Op {
+                        rev: o.rev,
+                        op: o.op.clone(),
+                        client_id: o.client_id.clone(),
+                        seq: o.seq,
+                    }));
+                    let committed = Committed {
+                        rev: o.rev,
+                        op: o.op,
+                        client_id: o.client_id,
+                        seq: o.seq,
+                    };
+                    if doc.replay(committed).is_err() {
+                        gap = true;
+                        frames.pop();
+                        break;
+                    }
+                }
+                self.checkpoint = self.doc.clone();
+                for frame in &frames {
+                    self.broadcast(frame, None);
+                }
+                if gap {
+                    self.catch_up().await;
+                }
+            }
+            ClusterMessage::Presence {
+                client_id,
+                selection,
+                user,
+                ..
+            } => {
+                let peer = doc.set_presence(&client_id, selection, Some(user));
+                let frame = frame(&ServerMessage::Presence {
+                    client_id: peer.client_id.clone(),
+                    selection: peer.selection,
+                    user: peer.user.clone(),
+                });
+                self.remote_peers.insert(client_id, Instant::now());
+                self.broadcast(&frame, None);
+            }
+            ClusterMessage::Leave { client_id, .. } => {
+                self.remote_peers.remove(&client_id);
+                self.forget_peer(&client_id);
+            }
+            ClusterMessage::Deleted { .. } => {}
+        }
+    }
+
+    /// A quiet moment in a cluster: catch up from the log, send heartbeats
+    /// for our peers, and forget the peers of instances that went silent.
+    async fn tick(&mut self) {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return;
+        };
+        self.flush().await;
+        self.catch_up().await;
+        let ttl = cluster.presence_ttl();
+        if self.last_heartbeat.elapsed() >= ttl / 3 {
+            self.last_heartbeat = Instant::now();
+            self.heartbeat(&cluster);
+        }
+        let silent: Vec<String> = self
+            .remote_peers
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() > ttl)
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in silent {
+            self.remote_peers.remove(&client);
+            self.forget_peer(&client);
+        }
+    }
+
+    /// Re-announces the presence of the peers connected here.
+    fn heartbeat(&self, cluster: &ClusterLink) {
+        let Some(doc) = &self.doc else { return };
+        for peer in doc.peers() {
+            if self
+                .sessions
+                .values()
+                .any(|s| s.client_id == peer.client_id)
+            {
+                cluster.publish(
+                    &self.id,
+                    &ClusterMessage::Presence {
+                        from: cluster.instance().to_owned(),
+                        client_id: peer.client_id.clone(),
+                        selection: peer.selection,
+                        user: peer.user.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Removes a peer that is not connected here and tells our sessions.
+    fn forget_peer(&mut self, client_id: &str) {
+        if self.sessions.values().any(|s| s.client_id == client_id) {
+            return;
+        }
+        let left = self.doc.as_mut().and_then(|d| d.remove_peer(client_id));
+        if left.is_some() {
+            let frame = frame(&ServerMessage::Leave {
+                client_id: client_id.to_owned(),
+            });
+            self.broadcast(&frame, None);
+        }
+    }
+
     /// The log refused the batch: nothing of it happened. Memory is now ahead
     /// of the log, so forget it; sessions start over on fresh connections.
     fn write_failed(&mut self, e: StoreError, answers: Vec<Answer>) {
@@ -339,7 +619,7 @@ impl Room {
         }
         let e = RoomError::from(e);
         for answer in answers {
-            if let Answer::Applied(Origin::Rest(reply))
+            if let Answer::Applied(Origin::Rest(reply), _)
             | Answer::Duplicate(Origin::Rest(reply), _) = answer
             {
                 let _ = reply.send(Err(e.clone()));
@@ -428,6 +708,17 @@ impl Room {
             return;
         };
         let peer = doc.set_presence(&s.client_id, selection, user);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.publish(
+                &self.id,
+                &ClusterMessage::Presence {
+                    from: cluster.instance().to_owned(),
+                    client_id: peer.client_id.clone(),
+                    selection: peer.selection,
+                    user: peer.user.clone(),
+                },
+            );
+        }
         let frame = frame(&ServerMessage::Presence {
             client_id: peer.client_id.clone(),
             selection: peer.selection,
@@ -461,6 +752,15 @@ impl Room {
             .as_mut()
             .and_then(|doc| doc.remove_peer(&gone.client_id));
         if left.is_some() {
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.publish(
+                    &self.id,
+                    &ClusterMessage::Leave {
+                        from: cluster.instance().to_owned(),
+                        client_id: gone.client_id.clone(),
+                    },
+                );
+            }
             let frame = frame(&ServerMessage::Leave {
                 client_id: gone.client_id,
             });
@@ -544,6 +844,9 @@ impl Room {
             "room loaded"
         );
         self.snapshot_rev = loaded.latest_snapshot_rev;
+        if self.shared.cluster.is_some() {
+            self.checkpoint = Some(doc.clone());
+        }
         self.doc = Some(doc);
         Ok(())
     }
@@ -620,6 +923,8 @@ fn refuse(command: Command, exit: Exit) {
         Command::SessionOp { .. }
         | Command::SessionPresence { .. }
         | Command::Leave { .. }
+        | Command::Cluster(_)
+        | Command::CatchUp
         | Command::Deleted
         | Command::Shutdown => {}
     }

@@ -192,6 +192,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: use sqlite:// or postgres://")]
     UnsupportedUrl(String),
+    /// Settings that cannot work together, found at start.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<sqlx::Error> for StoreError {

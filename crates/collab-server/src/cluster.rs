@@ -1,0 +1,208 @@
+//! Several `collab` instances serving the same documents (the broadcaster
+//! between rooms of different processes).
+//!
+//! PostgreSQL decides the order of ops: a room's write names the revision it
+//! expects, and the loser of a race catches up from the log and transforms
+//! again (see `rooms::room`). Redis only *carries* news between instances:
+//! committed ops, presence and deletions, on one channel per document. A
+//! message Redis drops costs nothing but time: rooms that see a gap, every
+//! room when the subscription comes back, and every open room once a second
+//! read what they missed from the op log.
+
+use std::time::Duration;
+
+use collab_ot::Operation;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::domain::DocumentId;
+use crate::rooms::Rooms;
+
+/// News from one instance to the others about one document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClusterMessage {
+    /// Ops committed by `from`, in revision order.
+    Ops {
+        from: String,
+        ops: Vec<ClusterOp>,
+    },
+    /// A peer connected to `from` moved its selection (also sent as a
+    /// heartbeat, so peers of a dead instance expire).
+    Presence {
+        from: String,
+        client_id: String,
+        selection: Option<[usize; 2]>,
+        user: serde_json::Value,
+    },
+    Leave {
+        from: String,
+        client_id: String,
+    },
+    Deleted {
+        from: String,
+    },
+}
+
+impl ClusterMessage {
+    pub fn from(&self) -> &str {
+        match self {
+            ClusterMessage::Ops { from, .. }
+            | ClusterMessage::Presence { from, .. }
+            | ClusterMessage::Leave { from, .. }
+            | ClusterMessage::Deleted { from } => from,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterOp {
+    pub rev: u64,
+    pub op: Operation,
+    pub client_id: Option<String>,
+    pub seq: Option<u64>,
+}
+
+/// How rooms publish. Never blocks: when Redis is slow or down, messages
+/// are dropped and the other instances catch up from the op log.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    instance: String,
+    prefix: String,
+    tx: mpsc::Sender<(String, String)>,
+    presence_ttl: Duration,
+}
+
+/// Messages waiting for Redis before new ones are dropped.
+const PUBLISH_QUEUE: usize = 4096;
+
+impl ClusterLink {
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn presence_ttl(&self) -> Duration {
+        self.presence_ttl
+    }
+
+    pub fn publish(&self, doc: &DocumentId, message: &ClusterMessage) {
+        let Ok(payload) = serde_json::to_string(message) else {
+            return;
+        };
+        let channel = format!("{}:doc:{}", self.prefix, doc);
+        if self.tx.try_send((channel, payload)).is_err() {
+            debug!(document = %doc, "cluster publish queue full; peers will catch up from the log");
+        }
+    }
+}
+
+/// Connects to Redis and starts the publisher; call [`subscribe`] once the
+/// rooms exist.
+pub async fn connect(
+    url: &str,
+    prefix: &str,
+    instance: &str,
+    presence_ttl: Duration,
+) -> redis::RedisResult<(ClusterLink, redis::Client)> {
+    let client = redis::Client::open(url)?;
+    // Fail fast at start when Redis is unreachable or the URL is wrong.
+    let mut probe = client.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+    let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+    tokio::spawn(publisher(client.clone(), rx));
+    let link = ClusterLink {
+        instance: instance.to_owned(),
+        prefix: prefix.to_owned(),
+        tx,
+        presence_ttl,
+    };
+    Ok((link, client))
+}
+
+async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(String, String)>) {
+    let mut conn = None;
+    while let Some((channel, payload)) = rx.recv().await {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            // Down: this message is lost; the subscribers' catch-up covers it.
+            continue;
+        };
+        let sent: redis::RedisResult<()> = c.publish(&channel, &payload).await;
+        if let Err(e) = sent {
+            debug!(error = %e, "publish failed; reconnecting");
+            conn = None;
+        }
+    }
+}
+
+/// Listens to every document's channel and hands messages to the loaded
+/// rooms; after each (re)connection, every loaded room catches up.
+pub fn subscribe(client: redis::Client, prefix: String, instance: String, rooms: Rooms) {
+    tokio::spawn(async move {
+        let pattern = format!("{prefix}:doc:*");
+        let channel_prefix = format!("{prefix}:doc:");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if let Err(e) = pubsub.psubscribe(&pattern).await {
+                        warn!(error = %e, "could not subscribe to Redis");
+                    } else {
+                        info!(%pattern, "subscribed to cluster news");
+                        delay = Duration::from_millis(100);
+                        // Whatever happened while we were away is in the log.
+                        rooms.catch_up_all();
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let Some(doc) = msg
+                                .get_channel_name()
+                                .strip_prefix(&channel_prefix)
+                                .and_then(DocumentId::parse)
+                            else {
+                                continue;
+                            };
+                            let Ok(payload) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            match serde_json::from_str::<ClusterMessage>(&payload) {
+                                Ok(m) if m.from() != instance => rooms.deliver(&doc, m),
+                                Ok(_) => {}
+                                Err(e) => debug!(error = %e, "unreadable cluster message"),
+                            }
+                        }
+                        warn!("lost the Redis subscription; reconnecting");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot reach Redis; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = ClusterMessage::Ops {
+            from: "a".into(),
+            ops: vec![ClusterOp {
+                rev: 3,
+                op: Operation::insert(1, "x"),
+                client_id: Some("c".into()),
+                seq: Some(2),
+            }],
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterMessage>(&json).unwrap(), m);
+        assert_eq!(m.from(), "a");
+    }
+}
