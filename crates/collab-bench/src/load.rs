@@ -24,9 +24,11 @@ use crate::procstat;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// The server's base URL, e.g. http://127.0.0.1:8000 (nothing is started).
-    #[arg(long)]
-    url: String,
+    /// The server's base URL, e.g. http://127.0.0.1:8000 (nothing is
+    /// started). Repeat for several instances of one cluster: clients are
+    /// spread over them round-robin.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// Clients, spread round-robin over the documents.
     #[arg(long, default_value_t = 10)]
     clients: usize,
@@ -99,7 +101,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
 async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
     let run_id: String = format!("{:08x}", rand::random::<u32>());
     let http = reqwest::Client::new();
-    let base = args.url.trim_end_matches('/').to_owned();
+    let bases: Vec<String> = args
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    let base = bases[0].clone();
     let docs: Vec<String> = (0..args.docs)
         .map(|d| format!("bench-{run_id}-{d}"))
         .collect();
@@ -124,7 +131,8 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
             client_id: Some(format!("{run_id}-{i}")),
             ..Options::default()
         };
-        let mut session = Session::connect(&base, &docs[i % docs.len()], options)
+        let url = &bases[i % bases.len()];
+        let mut session = Session::connect(url, &docs[i % docs.len()], options)
             .await
             .with_context(|| format!("client {i} could not connect"))?;
         streams.push(session.take_events());

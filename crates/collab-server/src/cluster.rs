@@ -72,8 +72,53 @@ pub struct ClusterOp {
 pub struct ClusterLink {
     instance: String,
     prefix: String,
-    tx: mpsc::Sender<(String, String)>,
+    tx: mpsc::Sender<Job>,
     presence_ttl: Duration,
+    client: redis::Client,
+}
+
+/// Work for the publisher task.
+#[derive(Debug)]
+enum Job {
+    Publish {
+        channel: String,
+        payload: String,
+    },
+    /// Presence is also kept in a hash per document, so a room that opens
+    /// later learns who is already there (heartbeats refresh `at`).
+    SetPresence {
+        key: String,
+        client_id: String,
+        value: String,
+        /// The whole hash expires when nobody refreshes it (dead instances).
+        expire_secs: i64,
+    },
+    ClearPresence {
+        key: String,
+        client_id: String,
+    },
+}
+
+/// A peer as kept in the presence hash.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPresence {
+    selection: Option<[usize; 2]>,
+    user: serde_json::Value,
+    /// Unix milliseconds of the last announcement.
+    at: u64,
+}
+
+/// A peer connected to another instance.
+pub struct RemotePeer {
+    pub client_id: String,
+    pub selection: Option<[usize; 2]>,
+    pub user: serde_json::Value,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Messages waiting for Redis before new ones are dropped.
@@ -92,10 +137,68 @@ impl ClusterLink {
         let Ok(payload) = serde_json::to_string(message) else {
             return;
         };
-        let channel = format!("{}:doc:{}", self.prefix, doc);
-        if self.tx.try_send((channel, payload)).is_err() {
-            debug!(document = %doc, "cluster publish queue full; peers will catch up from the log");
+        match message {
+            ClusterMessage::Presence {
+                client_id,
+                selection,
+                user,
+                ..
+            } => {
+                let stored = StoredPresence {
+                    selection: *selection,
+                    user: user.clone(),
+                    at: unix_ms(),
+                };
+                if let Ok(value) = serde_json::to_string(&stored) {
+                    self.send(Job::SetPresence {
+                        key: self.presence_key(doc),
+                        client_id: client_id.clone(),
+                        value,
+                        expire_secs: (self.presence_ttl.as_secs() as i64 * 4).max(4),
+                    });
+                }
+            }
+            ClusterMessage::Leave { client_id, .. } => self.send(Job::ClearPresence {
+                key: self.presence_key(doc),
+                client_id: client_id.clone(),
+            }),
+            _ => {}
         }
+        let channel = format!("{}:doc:{}", self.prefix, doc);
+        self.send(Job::Publish { channel, payload });
+    }
+
+    fn send(&self, job: Job) {
+        if self.tx.try_send(job).is_err() {
+            debug!("cluster publish queue full; peers will catch up from the log");
+        }
+    }
+
+    fn presence_key(&self, doc: &DocumentId) -> String {
+        format!("{}:presence:{}", self.prefix, doc)
+    }
+
+    /// The peers other instances announced within the presence TTL.
+    pub async fn peers(&self, doc: &DocumentId) -> Vec<RemotePeer> {
+        let Ok(mut conn) = self.client.get_multiplexed_async_connection().await else {
+            return Vec::new();
+        };
+        let all: std::collections::HashMap<String, String> =
+            match conn.hgetall(self.presence_key(doc)).await {
+                Ok(all) => all,
+                Err(_) => return Vec::new(),
+            };
+        let fresh_after = unix_ms().saturating_sub(self.presence_ttl.as_millis() as u64);
+        all.into_iter()
+            .filter_map(|(client_id, value)| {
+                let p: StoredPresence = serde_json::from_str(&value).ok()?;
+                (p.at >= fresh_after).then_some(RemotePeer {
+                    client_id,
+                    selection: p.selection,
+                    user: p.user,
+                })
+            })
+            .collect()
     }
 }
 
@@ -118,13 +221,14 @@ pub async fn connect(
         prefix: prefix.to_owned(),
         tx,
         presence_ttl,
+        client: client.clone(),
     };
     Ok((link, client))
 }
 
-async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(String, String)>) {
+async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<Job>) {
     let mut conn = None;
-    while let Some((channel, payload)) = rx.recv().await {
+    while let Some(job) = rx.recv().await {
         if conn.is_none() {
             conn = client.get_multiplexed_async_connection().await.ok();
         }
@@ -132,9 +236,24 @@ async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(String, String
             // Down: this message is lost; the subscribers' catch-up covers it.
             continue;
         };
-        let sent: redis::RedisResult<()> = c.publish(&channel, &payload).await;
-        if let Err(e) = sent {
-            debug!(error = %e, "publish failed; reconnecting");
+        let done: redis::RedisResult<()> = match job {
+            Job::Publish { channel, payload } => c.publish(&channel, &payload).await,
+            Job::SetPresence {
+                key,
+                client_id,
+                value,
+                expire_secs,
+            } => {
+                let set: redis::RedisResult<()> = c.hset(&key, &client_id, &value).await;
+                match set {
+                    Ok(()) => c.expire(&key, expire_secs).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Job::ClearPresence { key, client_id } => c.hdel(&key, &client_id).await,
+        };
+        if let Err(e) = done {
+            debug!(error = %e, "Redis write failed; reconnecting");
             conn = None;
         }
     }

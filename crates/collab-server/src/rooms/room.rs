@@ -27,8 +27,8 @@ const MAX_BATCH: usize = 64;
 /// How often a room of a cluster checks the log for ops it missed and sends
 /// its peers' presence heartbeats.
 const CLUSTER_TICK: Duration = Duration::from_secs(1);
-/// Write attempts of one batch that keeps losing races to other instances.
-const MAX_REBASES: usize = 8;
+/// The longest pause before rebasing a write that lost a race.
+const MAX_REBASE_PAUSE: Duration = Duration::from_millis(20);
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -354,10 +354,13 @@ impl Room {
             let answers = std::mem::take(&mut self.answers);
             match result {
                 Ok(()) => return self.committed(staged, answers),
-                Err(StoreError::Conflict(why))
-                    if self.shared.cluster.is_some() && attempt < MAX_REBASES =>
-                {
+                Err(StoreError::Conflict(why)) if self.shared.cluster.is_some() => {
+                    // Losing a race means another instance made progress, so
+                    // keep going; a little random patience breaks up repeated
+                    // collisions between the same writers.
                     debug!(attempt, why, "another instance wrote first; rebasing");
+                    let pause = rand_jitter(attempt);
+                    tokio::time::sleep(pause).await;
                     self.doc = self.checkpoint.clone();
                     self.catch_up().await;
                     for answer in answers {
@@ -844,7 +847,12 @@ impl Room {
             "room loaded"
         );
         self.snapshot_rev = loaded.latest_snapshot_rev;
-        if self.shared.cluster.is_some() {
+        if let Some(cluster) = &self.shared.cluster {
+            // Who is already here, connected to other instances.
+            for peer in cluster.peers(&self.id).await {
+                doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+                self.remote_peers.insert(peer.client_id, Instant::now());
+            }
             self.checkpoint = Some(doc.clone());
         }
         self.doc = Some(doc);
@@ -870,6 +878,12 @@ impl Room {
             Err(e) => warn!(rev, error = %e, "could not save snapshot"),
         }
     }
+}
+
+/// A random pause that grows with the attempts, up to `MAX_REBASE_PAUSE`.
+fn rand_jitter(attempt: usize) -> Duration {
+    let cap = Duration::from_millis(1 << attempt.min(4)).min(MAX_REBASE_PAUSE);
+    cap.mul_f64(rand::random::<f64>())
 }
 
 fn frame(message: &ServerMessage) -> Frame {
