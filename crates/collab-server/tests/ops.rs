@@ -371,7 +371,26 @@ async fn deleting_a_loaded_document_closes_its_room(db: &TestDb) {
     app.stop().await;
 }
 
+/// An edit based on a revision older than the history kept in memory is
+/// transformed through the ops read back from the log.
+async fn old_revisions_are_transformed_through_the_log(db: &TestDb) {
+    let mut config = common::test_config(db);
+    config.history_window = 2;
+    let app = common::spawn_app_with(config).await;
+    app.create("doc", "Doc", "abc").await;
+    for (rev, letter) in ["1", "2", "3", "4", "5"].iter().enumerate() {
+        app.edit("doc", rev as u64, json!([letter])).await;
+    }
+    // Written against "abc" at rev 0: append at its end.
+    let rev = app.edit("doc", 0, json!([3, "!"])).await;
+    assert_eq!(rev, 6);
+    let (_, doc) = app.get("/api/documents/doc").await;
+    assert_eq!(doc["content"], "54321abc!");
+    app.stop().await;
+}
+
 backend_tests!(
+    old_revisions_are_transformed_through_the_log,
     concurrent_ops_are_transformed,
     simultaneous_requests_all_commit,
     ops_are_listed,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
-use collab_ot::{Committed, Document, Rope, SubmitError, Submitted};
+use collab_ot::{transform, Committed, Document, Rope, Side, SubmitError, Submitted};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
@@ -318,6 +318,32 @@ impl Room {
                 }
             }
         }
+
+        // Older than the history in memory: the log holds the ops in
+        // between, so transform through them first (as the engine would have).
+        let (base_rev, op) = if base_rev < doc.oldest_rev() {
+            let oldest = doc.oldest_rev();
+            let reach = self.shared.config.limits.history as u64 * 10;
+            let behind = oldest - base_rev;
+            let missing = if behind <= reach {
+                self.shared
+                    .store
+                    .ops_since(&self.id, base_rev, behind as u32)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            if missing.len() as u64 == behind {
+                let op = missing
+                    .iter()
+                    .fold(op, |op, m| transform(&op, &m.op, Side::Left));
+                (oldest, op)
+            } else {
+                (base_rev, op)
+            }
+        } else {
+            (base_rev, op)
+        };
 
         match doc.submit(client_id.as_deref(), seq, base_rev, op) {
             // Older than the history in memory: the log still knows.
