@@ -168,6 +168,17 @@ impl ClusterLink {
         self.send(Job::Publish { channel, payload });
     }
 
+    /// Tells the other instances where a peer connected here is.
+    pub fn announce(&self, doc: &DocumentId, peer: &collab_ot::Peer) {
+        let message = ClusterMessage::Presence {
+            from: self.instance.clone(),
+            client_id: peer.client_id.clone(),
+            selection: peer.selection,
+            user: peer.user.clone(),
+        };
+        self.publish(doc, &message);
+    }
+
     fn send(&self, job: Job) {
         if self.tx.try_send(job).is_err() {
             debug!("cluster publish queue full; peers will catch up from the log");

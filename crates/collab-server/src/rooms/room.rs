@@ -470,21 +470,12 @@ impl Room {
                 break;
             }
             for o in ops {
-                frames.push(frame(&ServerMessage::Op {
-                    rev: o.rev,
-                    op: o.op.clone(),
-                    client_id: o.client_id.clone(),
-                    seq: o.seq,
-                }));
-                let replayed = doc.replay(Committed {
-                    rev: o.rev,
-                    op: o.op,
-                    client_id: o.client_id,
-                    seq: o.seq,
-                });
-                if let Err(e) = replayed {
-                    failed = Some(e.to_string());
-                    break;
+                match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                    Ok(frame) => frames.push(frame),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
                 }
             }
             if failed.is_some() {
@@ -527,22 +518,12 @@ impl Room {
                         gap = true;
                         break;
                     }
-                    frames.push(frame(&ServerMessage::Op {
-                        rev: o.rev,
-                        op: o.op.clone(),
-                        client_id: o.client_id.clone(),
-                        seq: o.seq,
-                    }));
-                    let committed = Committed {
-                        rev: o.rev,
-                        op: o.op,
-                        client_id: o.client_id,
-                        seq: o.seq,
-                    };
-                    if doc.replay(committed).is_err() {
-                        gap = true;
-                        frames.pop();
-                        break;
+                    match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                        Ok(frame) => frames.push(frame),
+                        Err(_) => {
+                            gap = true;
+                            break;
+                        }
                     }
                 }
                 self.checkpoint = self.doc.clone();
@@ -610,15 +591,7 @@ impl Room {
                 .values()
                 .any(|s| s.client_id == peer.client_id)
             {
-                cluster.publish(
-                    &self.id,
-                    &ClusterMessage::Presence {
-                        from: cluster.instance().to_owned(),
-                        client_id: peer.client_id.clone(),
-                        selection: peer.selection,
-                        user: peer.user.clone(),
-                    },
-                );
+                cluster.announce(&self.id, peer);
             }
         }
     }
@@ -738,15 +711,7 @@ impl Room {
         };
         let peer = doc.set_presence(&s.client_id, selection, user);
         if let Some(cluster) = &self.shared.cluster {
-            cluster.publish(
-                &self.id,
-                &ClusterMessage::Presence {
-                    from: cluster.instance().to_owned(),
-                    client_id: peer.client_id.clone(),
-                    selection: peer.selection,
-                    user: peer.user.clone(),
-                },
-            );
+            cluster.announce(&self.id, peer);
         }
         let frame = frame(&ServerMessage::Presence {
             client_id: peer.client_id.clone(),
@@ -904,6 +869,30 @@ impl Room {
             Err(e) => warn!(rev, error = %e, "could not save snapshot"),
         }
     }
+}
+
+/// Applies an op another instance committed, and the frame that tells our
+/// sessions about it.
+fn replay_op(
+    doc: &mut Document,
+    rev: u64,
+    op: collab_ot::Operation,
+    client_id: Option<String>,
+    seq: Option<u64>,
+) -> Result<Frame, SubmitError> {
+    let frame = frame(&ServerMessage::Op {
+        rev,
+        op: op.clone(),
+        client_id: client_id.clone(),
+        seq,
+    });
+    doc.replay(Committed {
+        rev,
+        op,
+        client_id,
+        seq,
+    })?;
+    Ok(frame)
 }
 
 /// A random pause that grows with the attempts, up to `MAX_REBASE_PAUSE`.
