@@ -157,7 +157,11 @@ where
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !condition().await {
+    // A check that hangs (an instance that stopped answering) times out too.
+    while !tokio::time::timeout_at(deadline, condition())
+        .await
+        .unwrap_or(false)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {}",

@@ -102,6 +102,127 @@ async fn the_log_has_no_gaps_or_repeats(db: &TestDb) {
     store.close().await;
 }
 
+/// The way out of a lost race: `append_rebased` hands over what the winner
+/// wrote and appends after it; on PostgreSQL, writers that all fall back
+/// to it under contention never lose again.
+async fn a_rebased_append_follows_the_winner(db: &TestDb) {
+    let store = open(db).await;
+    let id = DocumentId::parse("doc").unwrap();
+    store
+        .create_document(NewDocument {
+            id: id.clone(),
+            title: Title::parse("Doc").unwrap(),
+            content: String::new(),
+        })
+        .await
+        .unwrap();
+    // Another writer took revisions 1 and 2; ours, built on 0, loses.
+    store
+        .append_ops(&id, &[op(1, "a", Some(("w", 1))), op(2, "b", None)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.append_ops(&id, &[op(1, "x", Some(("me", 1)))]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut seen = Vec::new();
+    let written = store
+        .append_rebased(
+            &id,
+            0,
+            Box::new(|missing| {
+                seen = missing
+                    .iter()
+                    .map(|o| (o.rev, o.client_id.clone()))
+                    .collect();
+                Some(vec![op(3, "x", Some(("me", 1)))])
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(written);
+    assert_eq!(seen, vec![(1, Some("w".to_owned())), (2, None)]);
+    assert_eq!(store.document(&id).await.unwrap().unwrap().rev, 3);
+    assert_eq!(store.find_committed(&id, "me", 1).await.unwrap(), Some(3));
+
+    // Declining writes nothing; a rebase that does not continue the log,
+    // or repeats a (client_id, seq), is refused whole.
+    assert!(!store
+        .append_rebased(&id, 3, Box::new(|_| None))
+        .await
+        .unwrap());
+    for bad in [vec![op(5, "y", None)], vec![op(4, "y", Some(("me", 1)))]] {
+        let refused = store.append_rebased(&id, 2, Box::new(|_| Some(bad))).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.ops_since(&id, 0, 100).await.unwrap().len(), 3);
+    let missing = DocumentId::parse("missing").unwrap();
+    assert!(matches!(
+        store
+            .append_rebased(&missing, 0, Box::new(|_| Some(vec![op(1, "z", None)])))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Several instances writing one document at once: whoever loses the
+    // optimistic race falls back to the locked rebase, which always goes
+    // through. (SQLite serves a single instance, so this is PostgreSQL's.)
+    if store.backend() == "postgres" {
+        let writers = 6;
+        let each = 15;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (store, id) = (store.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut known = 3;
+                let mut rebased = 0;
+                for seq in 1..=each {
+                    let client = format!("w{w}");
+                    let mine = |rev| op(rev, "z", Some((client.as_str(), seq)));
+                    match store.append_ops(&id, &[mine(known + 1)]).await {
+                        Ok(()) => known += 1,
+                        Err(StoreError::Conflict(_)) => {
+                            let mut next = known;
+                            let written = store
+                                .append_rebased(
+                                    &id,
+                                    known,
+                                    Box::new(|missing| {
+                                        next = known + missing.len() as u64 + 1;
+                                        Some(vec![mine(next)])
+                                    }),
+                                )
+                                .await
+                                .expect("a rebased append cannot lose");
+                            assert!(written);
+                            known = next;
+                            rebased += 1;
+                        }
+                        Err(e) => panic!("append: {e}"),
+                    }
+                }
+                rebased
+            }));
+        }
+        let mut rebased = 0;
+        for t in tasks {
+            rebased += t.await.unwrap();
+        }
+        let total = 3 + writers * each;
+        assert_eq!(store.document(&id).await.unwrap().unwrap().rev, total);
+        let ops = store.ops_since(&id, 0, 1000).await.unwrap();
+        assert_eq!(ops.len() as u64, total);
+        eprintln!(
+            "{rebased} of {} appends lost the race and rebased",
+            writers * each
+        );
+    }
+    store.close().await;
+}
+
 async fn snapshots_are_pruned_but_history_stays_loadable(db: &TestDb) {
     let store = open(db).await;
     let id = DocumentId::parse("doc").unwrap();
@@ -186,6 +307,7 @@ async fn seeding_is_idempotent(db: &TestDb) {
 
 backend_tests!(
     the_log_has_no_gaps_or_repeats,
+    a_rebased_append_follows_the_winner,
     snapshots_are_pruned_but_history_stays_loadable,
     seeding_is_idempotent,
 );

@@ -19,7 +19,7 @@ use tracing::{debug, error, info_span, warn, Instrument};
 use super::{Command, DocState, Frame, JoinRequest, Reply, RoomError, Shared, Submission};
 use crate::cluster::{ClusterMessage, ClusterOp};
 use crate::domain::DocumentId;
-use crate::store::{NewOp, StoreError};
+use crate::store::{NewOp, StoreError, StoredOp};
 
 /// Most commands taken from the queue in one go. Bounds how long the first
 /// submitter of a burst waits for the shared commit.
@@ -27,8 +27,6 @@ const MAX_BATCH: usize = 64;
 /// How often a room of a cluster checks the log for ops it missed and sends
 /// its peers' presence heartbeats.
 const CLUSTER_TICK: Duration = Duration::from_secs(1);
-/// The longest pause before rebasing a write that lost a race.
-const MAX_REBASE_PAUSE: Duration = Duration::from_millis(20);
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -55,6 +53,25 @@ pub(super) fn spawn(
         _stop_guard: stop_guard,
     };
     tokio::spawn(room.run(rx).instrument(span));
+}
+
+/// What a rebase under the write lock produced.
+#[derive(Default)]
+struct Rebased {
+    /// The other instances' ops, for our sessions.
+    frames: Vec<Frame>,
+    /// Our batch, transformed past them.
+    staged: Vec<NewOp>,
+    answers: Vec<Answer>,
+    /// Edits that no longer apply after the rebase.
+    refused: Vec<(Origin, RoomError)>,
+    /// Why the log did not replay, when it did not.
+    failure: Option<String>,
+}
+
+/// Runs a prepared submission through the engine (no I/O).
+fn submit(doc: &mut Document, s: &Submission) -> Result<Submitted, SubmitError> {
+    doc.submit(s.client_id.as_deref(), s.seq, s.base_rev, s.op.clone())
 }
 
 /// Why a room stops.
@@ -120,7 +137,7 @@ struct Room {
 
 mod cluster;
 
-use cluster::rand_jitter;
+use cluster::replay_op;
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -266,9 +283,9 @@ impl Room {
 
     /// Runs an edit through the engine; its answer waits for the flush.
     async fn stage(&mut self, submission: Submission, origin: Origin) {
-        let retry = self.shared.cluster.is_some().then(|| submission.clone());
         match self.apply(submission).await {
-            Ok(Submitted::Applied(committed)) => {
+            Ok((Submitted::Applied(committed), prepared)) => {
+                let retry = self.shared.cluster.is_some().then_some(prepared);
                 self.staged.push(NewOp {
                     rev: committed.rev,
                     op: committed.op,
@@ -277,25 +294,37 @@ impl Room {
                 });
                 self.answers.push(Answer::Applied(origin, retry));
             }
-            Ok(Submitted::Duplicate { rev }) => self.answers.push(Answer::Duplicate(origin, rev)),
+            Ok((Submitted::Duplicate { rev }, _)) => {
+                self.answers.push(Answer::Duplicate(origin, rev));
+            }
             // A refused op changed nothing, so it can be answered right away.
-            Err(e) => match origin {
-                Origin::Rest(reply) => {
-                    let _ = reply.send(Err(e));
-                }
-                Origin::Session { session, seq } => {
-                    let (code, message) = session_error(&e);
-                    self.send_to(session, error_frame(code, &message, Some(seq)));
-                    if !code.is_recoverable() || matches!(e, RoomError::Store(_)) {
-                        // The client must start over on a fresh connection.
-                        self.drop_session(session, "its edit could not be taken");
-                    }
-                }
-            },
+            Err(e) => self.refuse_edit(origin, e),
         }
     }
 
-    async fn apply(&mut self, submission: Submission) -> Result<Submitted, RoomError> {
+    fn refuse_edit(&mut self, origin: Origin, e: RoomError) {
+        match origin {
+            Origin::Rest(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Origin::Session { session, seq } => {
+                let (code, message) = session_error(&e);
+                self.send_to(session, error_frame(code, &message, Some(seq)));
+                if !code.is_recoverable() || matches!(e, RoomError::Store(_)) {
+                    // The client must start over on a fresh connection.
+                    self.drop_session(session, "its edit could not be taken");
+                }
+            }
+        }
+    }
+
+    /// Runs a submission through the engine. With the outcome comes the
+    /// submission as the engine took it (moved past the log when it was
+    /// older than the window), which is what a rebase submits again.
+    async fn apply(
+        &mut self,
+        submission: Submission,
+    ) -> Result<(Submitted, Submission), RoomError> {
         self.ensure_loaded().await?;
         let Some(doc) = self.doc.as_mut() else {
             return Err(RoomError::NotFound);
@@ -318,7 +347,13 @@ impl Room {
                     .await?
                 {
                     doc.remember(client, seq, rev);
-                    return Ok(Submitted::Duplicate { rev });
+                    let submission = Submission {
+                        client_id,
+                        seq: Some(seq),
+                        base_rev,
+                        op,
+                    };
+                    return Ok((Submitted::Duplicate { rev }, submission));
                 }
             }
         }
@@ -349,21 +384,27 @@ impl Room {
             (base_rev, op)
         };
 
-        match doc.submit(client_id.as_deref(), seq, base_rev, op) {
+        let prepared = Submission {
+            client_id,
+            seq,
+            base_rev,
+            op,
+        };
+        match submit(doc, &prepared) {
             // Older than the history in memory: the log still knows.
             Err(SubmitError::StaleSeq { seq: stale, last }) => {
-                let client = client_id.as_deref().unwrap_or_default();
+                let client = prepared.client_id.as_deref().unwrap_or_default();
                 match self
                     .shared
                     .store
                     .find_committed(&self.id, client, stale)
                     .await?
                 {
-                    Some(rev) => Ok(Submitted::Duplicate { rev }),
+                    Some(rev) => Ok((Submitted::Duplicate { rev }, prepared)),
                     None => Err(SubmitError::StaleSeq { seq: stale, last }.into()),
                 }
             }
-            other => Ok(other?),
+            other => Ok((other?, prepared)),
         }
     }
 
@@ -371,40 +412,114 @@ impl Room {
     /// them in revision order. In a cluster, a write that lost the race to
     /// another instance is rebased on what that instance wrote and retried.
     async fn flush(&mut self) {
-        for attempt in 0.. {
-            if self.answers.is_empty() {
-                return;
+        if self.answers.is_empty() {
+            return;
+        }
+        let result = if self.staged.is_empty() {
+            Ok(())
+        } else {
+            self.shared.store.append_ops(&self.id, &self.staged).await
+        };
+        match result {
+            Ok(()) => {
+                let staged = std::mem::take(&mut self.staged);
+                let answers = std::mem::take(&mut self.answers);
+                self.committed(staged, answers);
             }
-            let result = if self.staged.is_empty() {
-                Ok(())
-            } else {
-                self.shared.store.append_ops(&self.id, &self.staged).await
-            };
-            let staged = std::mem::take(&mut self.staged);
-            let answers = std::mem::take(&mut self.answers);
-            match result {
-                Ok(()) => return self.committed(staged, answers),
-                Err(StoreError::Conflict(why)) if self.shared.cluster.is_some() => {
-                    // Losing a race means another instance made progress, so
-                    // keep going; a little random patience breaks up repeated
-                    // collisions between the same writers.
-                    debug!(attempt, why, "another instance wrote first; rebasing");
-                    let pause = rand_jitter(attempt);
-                    tokio::time::sleep(pause).await;
-                    self.doc = self.checkpoint.clone();
-                    self.catch_up().await;
-                    for answer in answers {
-                        match answer {
-                            Answer::Applied(origin, Some(submission)) => {
-                                self.stage(submission, origin).await;
-                            }
-                            other => self.answers.push(other),
+            Err(StoreError::Conflict(why)) if self.shared.cluster.is_some() => {
+                debug!(why, "another instance wrote first; rebasing");
+                self.rebase().await;
+            }
+            Err(e) => {
+                self.staged.clear();
+                let answers = std::mem::take(&mut self.answers);
+                self.write_failed(e, answers);
+            }
+        }
+    }
+
+    /// Another instance wrote first. Under the document's write lock, replay
+    /// what it wrote onto the last state we stored, transform our batch past
+    /// it and write that. Holding the lock, nobody can win the race again, so
+    /// a busy document cannot starve this instance's writers (retrying
+    /// optimistically could lose to the others indefinitely, with this room
+    /// deaf to everything else meanwhile).
+    async fn rebase(&mut self) {
+        self.staged.clear();
+        let answers = std::mem::take(&mut self.answers);
+        let Some(mut doc) = self.checkpoint.clone() else {
+            let e = StoreError::Corrupt("no stored state to rebase on".into());
+            return self.write_failed(e, answers);
+        };
+        let since = doc.rev();
+        let mut unsent = Some(answers);
+        let mut rebased = Rebased::default();
+        let outcome = {
+            let (doc, unsent, rebased) = (&mut doc, &mut unsent, &mut rebased);
+            let rebase = move |missing: Vec<StoredOp>| {
+                for o in missing {
+                    match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                        Ok(frame) => rebased.frames.push(frame),
+                        Err(e) => {
+                            rebased.failure = Some(format!("op {} does not apply: {e}", o.rev));
+                            return None;
                         }
                     }
                 }
-                Err(e) => return self.write_failed(e, answers),
+                for answer in unsent.take().unwrap_or_default() {
+                    match answer {
+                        Answer::Applied(origin, Some(submission)) => {
+                            match submit(doc, &submission) {
+                                Ok(Submitted::Applied(c)) => {
+                                    rebased.staged.push(NewOp {
+                                        rev: c.rev,
+                                        op: c.op,
+                                        client_id: c.client_id,
+                                        seq: c.seq,
+                                    });
+                                    let answer = Answer::Applied(origin, Some(submission));
+                                    rebased.answers.push(answer);
+                                }
+                                Ok(Submitted::Duplicate { rev }) => {
+                                    rebased.answers.push(Answer::Duplicate(origin, rev));
+                                }
+                                Err(e) => rebased.refused.push((origin, e.into())),
+                            }
+                        }
+                        other => rebased.answers.push(other),
+                    }
+                }
+                Some(rebased.staged.clone())
+            };
+            self.shared
+                .store
+                .append_rebased(&self.id, since, Box::new(rebase))
+                .await
+        };
+        let mut answers = unsent.unwrap_or_default();
+        answers.extend(rebased.answers);
+        let failure = match outcome {
+            Ok(true) => None,
+            Ok(false) => Some(StoreError::Corrupt(
+                rebased.failure.unwrap_or_else(|| "rebase declined".into()),
+            )),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failure {
+            for (origin, refusal) in rebased.refused {
+                self.refuse_edit(origin, refusal);
             }
+            return self.write_failed(e, answers);
         }
+        self.doc = Some(doc);
+        // Sessions see the other instance's ops before ours, as in the log.
+        for frame in &rebased.frames {
+            self.broadcast(frame, None);
+        }
+        for (origin, e) in rebased.refused {
+            self.refuse_edit(origin, e);
+        }
+        self.committed(rebased.staged, answers);
     }
 
     /// The batch is stored: answer, broadcast, tell the other instances.

@@ -157,6 +157,11 @@ impl SnapshotBase {
 /// nothing (the content did not check out).
 pub type SnapshotBuilder<'a> = &'a mut (dyn FnMut(SnapshotBase) -> Option<String> + Send);
 
+/// Given the ops another writer committed after the caller's revision
+/// (oldest first), returns the caller's ops rebased to follow them, or `None`
+/// to write nothing. See [`DocumentStore::append_rebased`].
+pub type Rebaser<'a> = Box<dyn FnOnce(Vec<StoredOp>) -> Option<Vec<NewOp>> + Send + 'a>;
+
 /// What [`DocumentStore::snapshot_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotOutcome {
@@ -268,6 +273,44 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// a `(client_id, seq)` that was committed before. `NotFound` when the
     /// document is gone. Nothing is written unless everything is.
     async fn append_ops(&self, id: &DocumentId, ops: &[NewOp]) -> Result<(), StoreError>;
+
+    /// The way out of a lost [`append_ops`](Self::append_ops) race: holding
+    /// the document's write lock, read every op committed after `since`,
+    /// let `rebase` transform the caller's ops past them, and append what it
+    /// returns, all in one transaction. Nobody can write in between, so this
+    /// cannot lose again: a writer that keeps losing optimistic races still
+    /// gets through in one more round trip, however busy the document is.
+    ///
+    /// `rebase` runs at most once, while the lock is held, so it must be
+    /// quick and must not touch the store. Returns `false` when it declined
+    /// (nothing written). `NotFound` when the document is gone.
+    ///
+    /// The default reads and then appends without a lock, which is right
+    /// for a store with one writer (SQLite serves one instance).
+    async fn append_rebased(
+        &self,
+        id: &DocumentId,
+        since: u64,
+        rebase: Rebaser<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut missing: Vec<StoredOp> = Vec::new();
+        loop {
+            let from = since + missing.len() as u64;
+            let page = self.ops_since(id, from, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            missing.extend(page);
+        }
+        if self.document(id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let Some(ops) = rebase(missing) else {
+            return Ok(false);
+        };
+        self.append_ops(id, &ops).await?;
+        Ok(true)
+    }
 
     /// Committed ops producing revisions `since+1 ..`, oldest first, at most `limit`.
     async fn ops_since(

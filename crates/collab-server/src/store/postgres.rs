@@ -15,7 +15,8 @@ use sqlx::{Postgres, Transaction};
 use super::{
     candidate_from_row, check_contiguous, meta_from_row, op_from_row, snapshot_target, to_i64,
     to_u64, CandidateRow, DocumentMeta, DocumentStore, LoadedDocument, MetaRow, NewDocument, NewOp,
-    OpRow, SnapshotBase, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
+    OpRow, Rebaser, SnapshotBase, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError,
+    StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
@@ -248,22 +249,63 @@ impl DocumentStore for PostgresStore {
                 }
             });
         }
-        for op in ops {
-            sqlx::query(
-                "INSERT INTO operations (document_id, rev, op, client_id, seq, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id.as_str())
-            .bind(to_i64(op.rev)?)
-            .bind(op.op.to_json())
-            .bind(op.client_id.as_deref())
-            .bind(op.seq.map(to_i64).transpose()?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_ops(&mut tx, id, ops, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn append_rebased(
+        &self,
+        id: &DocumentId,
+        since: u64,
+        rebase: Rebaser<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The same row lock `append_ops` takes: until this transaction ends,
+        // every other writer of the document waits.
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT rev FROM documents WHERE id = $1 FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((current,)) = row else {
+            return Err(StoreError::NotFound);
+        };
+        let current = to_u64(current)?;
+        let rows: Vec<OpRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = $1 AND rev > $2 ORDER BY rev"
+        ))
+        .bind(id.as_str())
+        .bind(to_i64(since)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        if current < since || rows.len() as u64 != current - since {
+            return Err(StoreError::Corrupt(format!(
+                "document {id} is at rev {current}, but the log holds {} ops after {since}",
+                rows.len()
+            )));
+        }
+        let missing = rows
+            .into_iter()
+            .map(op_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(ops) = rebase(missing) else {
+            return Ok(false);
+        };
+        let Some(last) = ops.last() else {
+            return Ok(true);
+        };
+        check_contiguous(current, &ops)?;
+        let now = Timestamp::now().as_millis();
+        sqlx::query("UPDATE documents SET rev = $1, updated_at = $2 WHERE id = $3")
+            .bind(to_i64(last.rev)?)
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_ops(&mut tx, id, &ops, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn ops_since(
@@ -465,4 +507,28 @@ impl DocumentStore for PostgresStore {
             SnapshotOutcome::UpToDate { latest: rev }
         })
     }
+}
+
+/// Inserts `ops` into the log inside `tx`; the caller has moved `documents.rev`.
+async fn insert_ops(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &DocumentId,
+    ops: &[NewOp],
+    now: i64,
+) -> Result<(), StoreError> {
+    for op in ops {
+        sqlx::query(
+            "INSERT INTO operations (document_id, rev, op, client_id, seq, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(op.rev)?)
+        .bind(op.op.to_json())
+        .bind(op.client_id.as_deref())
+        .bind(op.seq.map(to_i64).transpose()?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }

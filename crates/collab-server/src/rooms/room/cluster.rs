@@ -3,13 +3,13 @@
 //! presence, heartbeats, and forgetting the peers of silent instances.
 //! Single-instance rooms never run any of it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use collab_ot::protocol::ServerMessage;
 use collab_ot::{Committed, Document, SubmitError};
 use tracing::warn;
 
-use super::{frame, Frame, Room, MAX_REBASE_PAUSE};
+use super::{frame, Frame, Room};
 use crate::cluster::{ClusterLink, ClusterMessage};
 
 impl Room {
@@ -197,10 +197,4 @@ pub(super) fn replay_op(
         seq,
     })?;
     Ok(frame)
-}
-
-/// A random pause that grows with the attempts, up to `MAX_REBASE_PAUSE`.
-pub(super) fn rand_jitter(attempt: usize) -> Duration {
-    let cap = Duration::from_millis(1 << attempt.min(4)).min(MAX_REBASE_PAUSE);
-    cap.mul_f64(rand::random::<f64>())
 }
