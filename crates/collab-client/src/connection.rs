@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use collab_ot::protocol::{ClientMessage, ErrorCode, ServerMessage, User};
-use collab_ot::{Client, ClientError, Committed, OutgoingOp, Resumed, Rope};
+use collab_ot::{
+    transform_position, Client, ClientError, Committed, Operation, OutgoingOp, Resumed, Rope,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +40,10 @@ struct Task {
     events: mpsc::Sender<Event>,
     status: watch::Sender<Status>,
     connected: bool,
+    /// Our last shared selection, moved through every edit since, so a
+    /// reconnect can share it again (the server forgot it with the old
+    /// connection).
+    selection: Option<[usize; 2]>,
 }
 
 pub(crate) async fn start(
@@ -88,6 +94,7 @@ pub(crate) async fn start(
         events: events_tx,
         status: status_tx,
         connected: true,
+        selection: None,
     };
     tokio::spawn(task.run(socket, commands_rx));
     Ok((commands_tx, events_rx, status_rx, client_id))
@@ -155,6 +162,7 @@ impl Task {
                             }
                         }
                         Command::Presence(selection) => {
+                            self.selection = selection;
                             Some(presence(selection, self.options.user.as_ref()))
                         }
                         Command::Content(reply) => {
@@ -223,6 +231,7 @@ impl Task {
                     Ended::Dropped
                 })?;
                 self.publish();
+                self.move_selection(&op);
                 Event::Remote {
                     rev,
                     op,
@@ -344,6 +353,9 @@ impl Task {
                 Ended::Reload
             })?;
             for resumed in seen {
+                if let Resumed::Remote { op, .. } = &resumed {
+                    self.move_selection(op);
+                }
                 self.emit(match resumed {
                     Resumed::Acked { seq, rev } => Event::Acked { seq, rev },
                     Resumed::Remote {
@@ -377,13 +389,14 @@ impl Task {
                 tracing::error!(error = %e, "could not take the server's content");
                 return Err(Ended::Reload);
             }
+            // A new text: keep the selection only where it still fits.
+            let len = self.client.content().len_chars();
+            self.selection = self.selection.map(|[a, h]| [a.min(len), h.min(len)]);
             self.emit(Event::Reset { rev }).await;
         }
-        if let Some(user) = &self.options.user {
-            if send(&mut socket, &presence(None, Some(user)))
-                .await
-                .is_err()
-            {
+        if self.selection.is_some() || self.options.user.is_some() {
+            let frame = presence(self.selection, self.options.user.as_ref());
+            if send(&mut socket, &frame).await.is_err() {
                 return Err(Ended::Dropped);
             }
         }
@@ -397,9 +410,20 @@ impl Task {
         let Some(op) = build(self.client.content()) else {
             return Ok(None);
         };
+        let moved = self.selection.map(|s| move_selection(s, &op));
         let sent = self.client.local_edit(op);
+        if sent.is_ok() {
+            self.selection = moved;
+        }
         self.publish();
         sent
+    }
+
+    /// Keeps our selection next to the same characters as `op` changes the
+    /// text. Peers are not told: each moves our selection through the same
+    /// op itself; only a reconnect sends it again.
+    fn move_selection(&mut self, op: &Operation) {
+        self.selection = self.selection.map(|s| move_selection(s, op));
     }
 
     async fn emit(&self, event: Event) {
@@ -463,6 +487,10 @@ fn op_frame(out: &OutgoingOp) -> String {
         op: out.op.clone(),
     }
     .to_json()
+}
+
+fn move_selection([anchor, head]: [usize; 2], op: &Operation) -> [usize; 2] {
+    [transform_position(anchor, op), transform_position(head, op)]
 }
 
 fn presence(selection: Option<[usize; 2]>, user: Option<&User>) -> String {

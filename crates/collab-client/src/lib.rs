@@ -201,7 +201,10 @@ impl Session {
         Ok(rx.await.map_err(|_| Error::Closed)??)
     }
 
-    /// Shares this client's selection (`[anchor, head]`) with its peers.
+    /// Shares this client's selection (`[anchor, head]`, in characters of
+    /// the local content) with its peers. The session keeps it next to the
+    /// same characters through later edits, local and remote, and shares it
+    /// again by itself after a reconnect.
     pub async fn set_presence(&self, selection: Option<[usize; 2]>) -> Result<(), Error> {
         self.send(Command::Presence(selection)).await
     }

@@ -266,6 +266,29 @@ async fn presence_follows_the_text(db: &TestDb) {
     assert_eq!(alice.user["name"], "Alice");
     assert!(peers.iter().all(|p| p.client_id != "carol"));
 
+    // Alice's own edit moves her selection too; when her connection drops,
+    // her client shares the moved selection again as it reconnects.
+    a.edit(Operation::insert(0, "!")).await.unwrap();
+    a.wait_synced().await.unwrap();
+    a.drop_connection().await.unwrap();
+    next_matching(
+        &mut c,
+        |e| matches!(e, Event::Leave { client_id } if client_id == "alice"),
+    )
+    .await;
+    let back = next_matching(&mut c, |e| {
+        matches!(e, Event::Presence { client_id, selection: Some(_), .. } if client_id == "alice")
+    })
+    .await;
+    let Event::Presence { selection, .. } = back else {
+        unreachable!()
+    };
+    assert_eq!(
+        selection,
+        Some([10, 15]),
+        "alice's selection after reconnecting"
+    );
+
     drop(a);
     let left = next_matching(&mut c, |e| matches!(e, Event::Leave { .. })).await;
     assert_eq!(
