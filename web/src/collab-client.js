@@ -11,7 +11,12 @@
 // flight; each sent op gets the next `seq` for this `client_id`.
 //
 // Exactly once: the client id and the next seq are persisted per document
-// (sessionStorage by default), so a reloaded tab never reuses a seq. After a
+// (sessionStorage by default), so a reloaded tab never reuses a seq. A live
+// client takes its record out of storage and writes it back only as the page
+// goes away (pagehide) or the client closes: a tab copied meanwhile ("Duplicate
+// tab" copies sessionStorage) finds no record and picks its own id, so two
+// live tabs never share a (client_id, seq) and silently drop each other's
+// edits as duplicates. After a
 // reconnect the client resumes with `since` = its revision; if its op in
 // flight is listed in the resume welcome, that is its ack; otherwise it is
 // resent with the same seq, and the server drops it if it had committed it.
@@ -146,11 +151,10 @@ export class CollabClient extends EventTarget {
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this.offlineAfter = options.offlineAfter ?? 2;
 
-    const saved = this._load();
+    const saved = this._claim();
     this.clientId = options.clientId || saved.clientId || randomId();
     if (!CLIENT_ID_RE.test(this.clientId)) throw new TypeError('client id must match [A-Za-z0-9_-]{1,64}');
     this.nextSeq = saved.clientId === this.clientId && saved.nextSeq > 0 ? saved.nextSeq : 1;
-    this._save();
 
     /** The local content (server content plus pending local edits). */
     this.content = null;
@@ -185,6 +189,16 @@ export class CollabClient extends EventTarget {
         }
       };
       globalThis.addEventListener('online', this._onOnline);
+      if (this.storage) {
+        // Hand the record back for a reload; take it again if the page comes
+        // back from the back/forward cache instead.
+        this._onPageHide = () => this._save();
+        this._onPageShow = (e) => {
+          if (e && e.persisted && !this._stopped) this._claim();
+        };
+        globalThis.addEventListener('pagehide', this._onPageHide);
+        globalThis.addEventListener('pageshow', this._onPageShow);
+      }
     }
     if (options.autoConnect !== false) this.connect();
   }
@@ -211,10 +225,16 @@ export class CollabClient extends EventTarget {
 
   /** Close for good: no more reconnects. Pending edits stay in memory. */
   close() {
+    if (!this._stopped) this._save(); // for the next client of this tab (a reload)
     this._stopped = true;
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     if (this._onOnline) globalThis.removeEventListener('online', this._onOnline);
+    if (this._onPageHide) {
+      globalThis.removeEventListener('pagehide', this._onPageHide);
+      globalThis.removeEventListener('pageshow', this._onPageShow);
+      this._onPageHide = null;
+    }
     this._drop();
     this._setStatus('closed');
   }
@@ -385,7 +405,6 @@ export class CollabClient extends EventTarget {
   _onWelcome(msg) {
     if (msg.client_id && msg.client_id !== this.clientId) {
       this.clientId = msg.client_id;
-      this._save();
     }
     this._welcomed = true;
     this._attempts = 0;
@@ -546,7 +565,6 @@ export class CollabClient extends EventTarget {
     if (this.inflight || !this.buffer || !this._welcomed || !this._ws) return;
     const op = this.buffer;
     const seq = this.nextSeq++;
-    this._save(); // before sending: a reload must never reuse this seq
     this.inflight = { seq, op, edits: this.bufferEdits };
     this.buffer = null;
     this.bufferEdits = 0;
@@ -590,10 +608,12 @@ export class CollabClient extends EventTarget {
     return 'collab:' + this.docId;
   }
 
-  _load() {
+  /** Takes this document's record out of storage (see the top of the file). */
+  _claim() {
     if (!this.storage) return {};
     try {
       const raw = this.storage.getItem(this._key());
+      this.storage.removeItem(this._key());
       return raw ? JSON.parse(raw) : {};
     } catch {
       return {};

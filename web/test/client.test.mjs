@@ -181,6 +181,36 @@ test('client id and next seq survive a reload (same storage)', async () => {
   b.close();
 });
 
+test('a copy of the storage taken while a client is live (a duplicated tab) gets its own id', async () => {
+  const server = new FakeServer({ content: '' });
+  const storage = new MemoryStorage();
+  const first = client(server, { storage });
+  await server.until(() => first.content !== null, 'welcome');
+  insertAt(first, 0, 'a');
+  await server.until(() => first.pending === 0, 'ack');
+  first.close();
+  // The reloaded page takes the record over...
+  const reloaded = client(server, { storage });
+  assert.equal(reloaded.clientId, first.clientId);
+  await server.until(() => reloaded.content !== null, 'welcome');
+  // ... and "Duplicate tab" copies the storage while it is live.
+  const copy = new MemoryStorage();
+  for (const [k, v] of storage.map) copy.setItem(k, v);
+  const duplicate = client(server, { storage: copy });
+  assert.notEqual(duplicate.clientId, reloaded.clientId);
+  await server.until(() => duplicate.content !== null, 'welcome');
+  // Both type their first op at once: neither is taken for the other's duplicate.
+  insertAt(reloaded, 1, 'b');
+  insertAt(duplicate, 1, 'c');
+  await server.until(() => reloaded.pending === 0 && duplicate.pending === 0, 'acks');
+  await server.until(() => reloaded.content.length === 3 && duplicate.content.length === 3, 'sync');
+  assert.equal([...server.content].sort().join(''), 'abc');
+  assert.equal(reloaded.content, server.content);
+  assert.equal(duplicate.content, server.content);
+  reloaded.close();
+  duplicate.close();
+});
+
 test('offline queue: edits while offline are sent once on reconnect', async () => {
   const server = new FakeServer({ content: '' });
   const a = client(server);

@@ -650,11 +650,10 @@ var CollabClient = class extends EventTarget {
     this.WebSocketImpl = options.WebSocket || globalThis.WebSocket;
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff || {} };
     this.offlineAfter = options.offlineAfter ?? 2;
-    const saved = this._load();
+    const saved = this._claim();
     this.clientId = options.clientId || saved.clientId || randomId();
     if (!CLIENT_ID_RE.test(this.clientId)) throw new TypeError("client id must match [A-Za-z0-9_-]{1,64}");
     this.nextSeq = saved.clientId === this.clientId && saved.nextSeq > 0 ? saved.nextSeq : 1;
-    this._save();
     this.content = null;
     this.rev = null;
     this.inflight = null;
@@ -680,6 +679,14 @@ var CollabClient = class extends EventTarget {
         }
       };
       globalThis.addEventListener("online", this._onOnline);
+      if (this.storage) {
+        this._onPageHide = () => this._save();
+        this._onPageShow = (e) => {
+          if (e && e.persisted && !this._stopped) this._claim();
+        };
+        globalThis.addEventListener("pagehide", this._onPageHide);
+        globalThis.addEventListener("pageshow", this._onPageShow);
+      }
     }
     if (options.autoConnect !== false) this.connect();
   }
@@ -701,10 +708,16 @@ var CollabClient = class extends EventTarget {
   }
   /** Close for good: no more reconnects. Pending edits stay in memory. */
   close() {
+    if (!this._stopped) this._save();
     this._stopped = true;
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     if (this._onOnline) globalThis.removeEventListener("online", this._onOnline);
+    if (this._onPageHide) {
+      globalThis.removeEventListener("pagehide", this._onPageHide);
+      globalThis.removeEventListener("pageshow", this._onPageShow);
+      this._onPageHide = null;
+    }
     this._drop();
     this._setStatus("closed");
   }
@@ -857,7 +870,6 @@ var CollabClient = class extends EventTarget {
   _onWelcome(msg) {
     if (msg.client_id && msg.client_id !== this.clientId) {
       this.clientId = msg.client_id;
-      this._save();
     }
     this._welcomed = true;
     this._attempts = 0;
@@ -997,7 +1009,6 @@ var CollabClient = class extends EventTarget {
     if (this.inflight || !this.buffer || !this._welcomed || !this._ws) return;
     const op = this.buffer;
     const seq = this.nextSeq++;
-    this._save();
     this.inflight = { seq, op, edits: this.bufferEdits };
     this.buffer = null;
     this.bufferEdits = 0;
@@ -1031,10 +1042,12 @@ var CollabClient = class extends EventTarget {
   _key() {
     return "collab:" + this.docId;
   }
-  _load() {
+  /** Takes this document's record out of storage (see the top of the file). */
+  _claim() {
     if (!this.storage) return {};
     try {
       const raw = this.storage.getItem(this._key());
+      this.storage.removeItem(this._key());
       return raw ? JSON.parse(raw) : {};
     } catch {
       return {};
