@@ -8,7 +8,9 @@ mod common;
 use collab_ot::Operation;
 use collab_server::domain::{DocumentId, Title};
 use collab_server::seed;
-use collab_server::store::{open_store, DocumentStore, NewDocument, NewOp, StoreError};
+use collab_server::store::{
+    open_store, DocumentStore, NewDocument, NewOp, PostgresStore, StoreError,
+};
 use collab_server::AppState;
 use common::TestDb;
 
@@ -311,3 +313,50 @@ backend_tests!(
     snapshots_are_pruned_but_history_stays_loadable,
     seeding_is_idempotent,
 );
+
+/// Production databases are reached over TLS: `sslmode=require` in the URL
+/// must give an encrypted connection (this machine's PostgreSQL has TLS on
+/// with a self-signed certificate, which `require` accepts unverified).
+#[tokio::test]
+async fn postgres_over_tls() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    common::run_test(db, |db| async move {
+        let plain = PostgresStore::open(&db.url).await.expect("open");
+        let (ssl_on,): (String,) = sqlx::query_as("SHOW ssl")
+            .fetch_one(plain.pool())
+            .await
+            .expect("SHOW ssl");
+        plain.close().await;
+        if ssl_on != "on" {
+            eprintln!("skipping postgres_over_tls: this PostgreSQL server has ssl = {ssl_on}");
+            return db;
+        }
+        let sep = if db.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}sslmode=require", db.url);
+        let store = PostgresStore::open(&url).await.expect("open over TLS");
+        let (encrypted,): (bool,) =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(store.pool())
+                .await
+                .expect("pg_stat_ssl");
+        assert!(encrypted, "sslmode=require gave a plain connection");
+        // And the store works over it.
+        store.migrate().await.expect("migrate");
+        let id = DocumentId::parse("tls").unwrap();
+        store
+            .create_document(NewDocument {
+                id: id.clone(),
+                title: Title::parse("TLS").unwrap(),
+                content: "secret".into(),
+            })
+            .await
+            .expect("create");
+        let loaded = store.load(&id, 0).await.unwrap().expect("loaded");
+        assert_eq!(loaded.snapshot, "secret");
+        store.close().await;
+        db
+    })
+    .await;
+}
