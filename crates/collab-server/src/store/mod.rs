@@ -5,8 +5,10 @@
 //! latest snapshot plus the operations committed after it. Every write that
 //! changes a document's revision goes through [`DocumentStore::append_ops`],
 //! which checks the expected revision, so two writers can never interleave.
+//! The statements both databases share live once, in `sql`.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;

@@ -24,15 +24,12 @@ use sqlx::sqlite::{
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::sql::{Dialect, EncodedOp};
 use super::{
-    candidate_from_row, check_contiguous, meta_from_row, op_from_row, snapshot_target, to_i64,
-    to_u64, CandidateRow, DocumentMeta, DocumentStore, LoadedDocument, MetaRow, NewDocument, NewOp,
-    OpRow, SnapshotBase, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
+    check_contiguous, to_i64, to_u64, DocumentMeta, DocumentStore, LoadedDocument, NewDocument,
+    NewOp, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
-
-const META_COLUMNS: &str = "id, title, rev, created_at, updated_at";
-const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
 
 /// The most append requests one writer transaction takes.
 const MAX_BATCH: usize = 256;
@@ -107,16 +104,8 @@ struct AppendRequest {
     current: i64,
     /// The revision it moves to.
     last: i64,
-    rows: Vec<OpInsert>,
+    rows: Vec<EncodedOp>,
     reply: oneshot::Sender<Result<(), StoreError>>,
-}
-
-#[derive(Debug)]
-struct OpInsert {
-    rev: i64,
-    op: String,
-    client_id: Option<String>,
-    seq: Option<i64>,
 }
 
 /// The writer task: take what is queued (at least one request, at most
@@ -259,39 +248,9 @@ async fn append_one(
         ..
     } = request;
     let now = Timestamp::now().as_millis();
-    let moved =
-        sqlx::query("UPDATE documents SET rev = ?, updated_at = ? WHERE id = ? AND rev = ?")
-            .bind(last)
-            .bind(now)
-            .bind(id.as_str())
-            .bind(current)
-            .execute(&mut *conn)
-            .await?;
-    if moved.rows_affected() == 0 {
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT rev FROM documents WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        return Err(match exists {
-            None => StoreError::NotFound,
-            Some((rev,)) => {
-                StoreError::Conflict(format!("document {id} is at rev {rev}, not {current}"))
-            }
-        });
-    }
+    Sqlite::advance(conn, id, *current, *last, now).await?;
     for row in rows {
-        sqlx::query(
-            "INSERT INTO operations (document_id, rev, op, client_id, seq, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id.as_str())
-        .bind(row.rev)
-        .bind(&row.op)
-        .bind(row.client_id.as_deref())
-        .bind(row.seq)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        Sqlite::insert_op(conn, id, row, now).await?;
     }
     Ok(())
 }
@@ -334,8 +293,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        Sqlite::ping(&self.pool).await
     }
 
     async fn close(&self) {
@@ -343,43 +301,11 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn create_document(&self, new: NewDocument) -> Result<DocumentMeta, StoreError> {
-        let now = Timestamp::now();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO documents (id, title, rev, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
-        )
-        .bind(new.id.as_str())
-        .bind(new.title.as_str())
-        .bind(now.as_millis())
-        .bind(now.as_millis())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO snapshots (document_id, rev, content, created_at) VALUES (?, 0, ?, ?)",
-        )
-        .bind(new.id.as_str())
-        .bind(&new.content)
-        .bind(now.as_millis())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(DocumentMeta {
-            id: new.id,
-            title: new.title.as_str().to_owned(),
-            rev: 0,
-            created_at: now,
-            updated_at: now,
-        })
+        Sqlite::create_document(&self.pool, new).await
     }
 
     async fn document(&self, id: &DocumentId) -> Result<Option<DocumentMeta>, StoreError> {
-        let row: Option<MetaRow> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM documents WHERE id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(meta_from_row).transpose()
+        Sqlite::document(&self.pool, id).await
     }
 
     async fn list_documents(
@@ -387,24 +313,7 @@ impl DocumentStore for SqliteStore {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError> {
-        // One read transaction so the page and the total agree.
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<MetaRow> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM documents ORDER BY updated_at DESC, id ASC LIMIT ? OFFSET ?"
-        ))
-        .bind(i64::from(limit))
-        .bind(to_i64(offset)?)
-        .fetch_all(&mut *tx)
-        .await?;
-        let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents")
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let items = rows
-            .into_iter()
-            .map(meta_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok((items, to_u64(total)?))
+        Sqlite::list_documents(&self.pool, limit, offset).await
     }
 
     async fn rename_document(
@@ -412,23 +321,11 @@ impl DocumentStore for SqliteStore {
         id: &DocumentId,
         title: &Title,
     ) -> Result<Option<DocumentMeta>, StoreError> {
-        let row: Option<MetaRow> = sqlx::query_as(&format!(
-            "UPDATE documents SET title = ?, updated_at = ? WHERE id = ? RETURNING {META_COLUMNS}"
-        ))
-        .bind(title.as_str())
-        .bind(Timestamp::now().as_millis())
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(meta_from_row).transpose()
+        Sqlite::rename_document(&self.pool, id, title).await
     }
 
     async fn delete_document(&self, id: &DocumentId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM documents WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        Sqlite::delete_document(&self.pool, id).await
     }
 
     async fn load(
@@ -436,47 +333,7 @@ impl DocumentStore for SqliteStore {
         id: &DocumentId,
         history: u64,
     ) -> Result<Option<LoadedDocument>, StoreError> {
-        // In WAL mode a read transaction sees one consistent snapshot.
-        let mut tx = self.pool.begin().await?;
-        let meta: Option<MetaRow> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM documents WHERE id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(meta) = meta.map(meta_from_row).transpose()? else {
-            return Ok(None);
-        };
-        let base = to_i64(meta.rev.saturating_sub(history))?;
-        let snapshot: Option<(i64, String)> = sqlx::query_as(
-            "SELECT rev, content FROM snapshots WHERE document_id = ? AND rev <= ? \
-             ORDER BY rev DESC LIMIT 1",
-        )
-        .bind(id.as_str())
-        .bind(base)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (latest,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = ?")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let (snapshot_rev, snapshot) = snapshot
-            .ok_or_else(|| StoreError::Corrupt(format!("document {id} has no snapshot")))?;
-        let tail: Vec<OpRow> = sqlx::query_as(&format!(
-            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = ? AND rev > ? ORDER BY rev"
-        ))
-        .bind(id.as_str())
-        .bind(snapshot_rev)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let tail = tail
-            .into_iter()
-            .map(op_from_row)
-            .collect::<Result<Vec<StoredOp>, _>>()?;
-        let latest = to_u64(latest.unwrap_or(snapshot_rev))?;
-        LoadedDocument::checked(meta, (to_u64(snapshot_rev)?, snapshot), tail, latest).map(Some)
+        Sqlite::load(&self.pool, id, history).await
     }
 
     async fn append_ops(&self, id: &DocumentId, ops: &[NewOp]) -> Result<(), StoreError> {
@@ -488,14 +345,7 @@ impl DocumentStore for SqliteStore {
         // Encode here, on the caller's task, so the one writer only writes.
         let rows = ops
             .iter()
-            .map(|op| {
-                Ok(OpInsert {
-                    rev: to_i64(op.rev)?,
-                    op: op.op.to_json(),
-                    client_id: op.client_id.clone(),
-                    seq: op.seq.map(to_i64).transpose()?,
-                })
-            })
+            .map(EncodedOp::new)
             .collect::<Result<Vec<_>, StoreError>>()?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
@@ -522,16 +372,7 @@ impl DocumentStore for SqliteStore {
         since: u64,
         limit: u32,
     ) -> Result<Vec<StoredOp>, StoreError> {
-        let rows: Vec<OpRow> = sqlx::query_as(&format!(
-            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = ? AND rev > ? \
-             ORDER BY rev LIMIT ?"
-        ))
-        .bind(id.as_str())
-        .bind(to_i64(since)?)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(op_from_row).collect()
+        Sqlite::ops_since(&self.pool, id, since, limit).await
     }
 
     async fn find_committed(
@@ -540,15 +381,7 @@ impl DocumentStore for SqliteStore {
         client_id: &str,
         seq: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT rev FROM operations WHERE document_id = ? AND client_id = ? AND seq = ?",
-        )
-        .bind(id.as_str())
-        .bind(client_id)
-        .bind(to_i64(seq)?)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|(rev,)| to_u64(rev)).transpose()
+        Sqlite::find_committed(&self.pool, id, client_id, seq).await
     }
 
     async fn save_snapshot(
@@ -557,39 +390,19 @@ impl DocumentStore for SqliteStore {
         rev: u64,
         content: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO snapshots (document_id, rev, content, created_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (document_id, rev) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(to_i64(rev)?)
-        .bind(content)
-        .bind(Timestamp::now().as_millis())
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        Sqlite::insert_snapshot(&mut conn, id, rev, content).await?;
         Ok(())
     }
 
     async fn prune_snapshots(&self, id: &DocumentId, rev: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM snapshots WHERE document_id = ? AND rev > 0 AND rev < \
-             (SELECT MAX(rev) FROM snapshots WHERE document_id = ? AND rev <= ?)",
-        )
-        .bind(id.as_str())
-        .bind(id.as_str())
-        .bind(to_i64(rev)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        Sqlite::prune_snapshots(&mut conn, id, rev).await
     }
 
     async fn latest_snapshot_rev(&self, id: &DocumentId) -> Result<Option<u64>, StoreError> {
-        let row: Option<(Option<i64>,)> =
-            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.and_then(|(rev,)| rev).map(to_u64).transpose()
+        let mut conn = self.pool.acquire().await?;
+        Sqlite::latest_snapshot_rev(&mut conn, id).await
     }
 
     async fn snapshot_candidates(
@@ -598,21 +411,7 @@ impl DocumentStore for SqliteStore {
         older_than: Timestamp,
         limit: u32,
     ) -> Result<Vec<SnapshotCandidate>, StoreError> {
-        let rows: Vec<CandidateRow> = sqlx::query_as(
-            "SELECT d.id, d.rev, s.latest FROM documents d \
-             JOIN (SELECT document_id, MAX(rev) AS latest FROM snapshots GROUP BY document_id) s \
-               ON s.document_id = d.id \
-             WHERE d.rev > s.latest AND (d.rev - s.latest >= ? OR EXISTS ( \
-               SELECT 1 FROM operations o \
-               WHERE o.document_id = d.id AND o.rev = s.latest + 1 AND o.created_at <= ?)) \
-             ORDER BY d.rev - s.latest DESC, d.id LIMIT ?",
-        )
-        .bind(to_i64(every_ops)?)
-        .bind(older_than.as_millis())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(candidate_from_row).collect()
+        Sqlite::snapshot_candidates(&self.pool, every_ops, older_than, limit).await
     }
 
     async fn snapshot_with(
@@ -627,92 +426,27 @@ impl DocumentStore for SqliteStore {
         // writer per file, so there is no lock to take: two processes racing
         // here build the same content and the second insert does nothing.
         let mut tx = self.pool.begin().await?;
-        let doc: Option<(i64,)> = sqlx::query_as("SELECT rev FROM documents WHERE id = ?")
+        let doc: Option<(i64,)> = sqlx::query_as("SELECT rev FROM documents WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
         let Some((doc_rev,)) = doc else {
             return Ok(SnapshotOutcome::NotFound);
         };
-        let doc_rev = to_u64(doc_rev)?;
-        let rev = snapshot_target(id, at, doc_rev)?;
-        let (latest,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(rev) FROM snapshots WHERE document_id = ?")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        if let Some(latest) = latest.map(to_u64).transpose()? {
-            if latest >= rev {
-                return Ok(SnapshotOutcome::UpToDate { latest });
-            }
-        }
-        let snapshot: Option<(i64, String)> = sqlx::query_as(
-            "SELECT rev, content FROM snapshots WHERE document_id = ? AND rev <= ? \
-             ORDER BY rev DESC LIMIT 1",
-        )
-        .bind(id.as_str())
-        .bind(to_i64(rev)?)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (snapshot_rev, snapshot) = snapshot
-            .ok_or_else(|| StoreError::Corrupt(format!("document {id} has no snapshot")))?;
-        let tail: Vec<OpRow> = sqlx::query_as(&format!(
-            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = ? AND rev > ? AND rev <= ? \
-             ORDER BY rev"
-        ))
-        .bind(id.as_str())
-        .bind(snapshot_rev)
-        .bind(to_i64(rev)?)
-        .fetch_all(&mut *tx)
-        .await?;
+        let found = Sqlite::snapshot_base(&mut tx, id, at, to_u64(doc_rev)?).await?;
         tx.commit().await?;
-        let tail = tail
-            .into_iter()
-            .map(op_from_row)
-            .collect::<Result<Vec<StoredOp>, _>>()?;
-        let base =
-            SnapshotBase::checked(id, rev, doc_rev, (to_u64(snapshot_rev)?, snapshot), tail)?;
+        let (rev, base) = match found {
+            Ok(found) => found,
+            Err(outcome) => return Ok(outcome),
+        };
         let Some(content) = build(base) else {
             return Ok(SnapshotOutcome::Declined);
         };
-
         // Writing first takes the write lock at once (see `append_ops`).
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO snapshots (document_id, rev, content, created_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (document_id, rev) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(to_i64(rev)?)
-        .bind(&content)
-        .bind(Timestamp::now().as_millis())
-        .execute(&mut *tx)
-        .await;
-        let inserted = match inserted {
-            Ok(done) => done.rows_affected() > 0,
-            // The foreign key: the document was deleted meanwhile.
-            Err(e) => {
-                return match StoreError::from(e) {
-                    StoreError::NotFound => Ok(SnapshotOutcome::NotFound),
-                    e => Err(e),
-                }
-            }
-        };
-        sqlx::query(
-            "DELETE FROM snapshots WHERE document_id = ? AND rev > 0 AND rev < \
-             (SELECT MAX(rev) FROM snapshots WHERE document_id = ? AND rev <= ?)",
-        )
-        .bind(id.as_str())
-        .bind(id.as_str())
-        .bind(to_i64(rev.saturating_sub(keep_history))?)
-        .execute(&mut *tx)
-        .await?;
+        let outcome = Sqlite::write_snapshot(&mut tx, id, rev, &content, keep_history).await?;
         tx.commit().await?;
-        Ok(if inserted {
-            SnapshotOutcome::Written { rev }
-        } else {
-            SnapshotOutcome::UpToDate { latest: rev }
-        })
+        Ok(outcome)
     }
 }
 
