@@ -4,7 +4,8 @@
 //! The operation log is the source of truth: a document's content is its
 //! latest snapshot plus the operations committed after it. Every write that
 //! changes a document's revision goes through [`DocumentStore::append_ops`],
-//! which checks the expected revision, so two writers can never interleave.
+//! which checks the expected revision, so two writers can never interleave
+//! (or through [`DocumentStore::append_rebased`], the loser's locked retry).
 //! The statements both databases share live once, in `sql`.
 
 mod postgres;
