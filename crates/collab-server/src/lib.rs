@@ -3,9 +3,12 @@
 //!
 //! * [`config`], [`telemetry`], [`cli`]: how the process is set up.
 //! * [`app`]: shared state, router and [`run`], the server loop.
-//! * [`routes`]: the REST API of the wire contract (and later the WebSocket).
+//! * `routes`: the REST API and the WebSocket endpoint of the wire contract,
+//!   and the browser editor's pages.
 //! * [`rooms`]: one task per open document, owning its `collab_ot::Document`.
 //! * [`store`]: SQLite / PostgreSQL behind the [`store::DocumentStore`] trait.
+//! * [`cluster`]: Redis fan-out between instances sharing one PostgreSQL.
+//! * [`snapshot`]: the snapshot worker, in-process or as `collab worker`.
 //! * [`error`], [`extract`]: contract error bodies for every failure.
 
 pub mod app;

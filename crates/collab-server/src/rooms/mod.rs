@@ -4,7 +4,7 @@
 //! room, so edits are serialised without locks and the in-memory state can
 //! never run ahead of the op log: the room stores an op before it answers.
 //! This module is the registry (id → handle, lazy loading, unloading,
-//! shutdown); [`room`] is the task itself.
+//! shutdown); `room` is the task itself.
 //!
 //! Live WebSocket sessions join a room ([`Rooms::join`]) and then talk to it
 //! through a [`SessionLink`]; the room pushes frames to each session over a
