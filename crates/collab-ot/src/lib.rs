@@ -4,7 +4,7 @@
 //! * [`Operation`]: the wire type of ShareDB's plain-text type (skip `n`,
 //!   insert `"s"`, delete `{"d": n}` or `{"d": "s"}`), always normalized,
 //!   positions in Unicode scalar values.
-//! * [`transform`], [`compose`], [`Operation::invert`], [`transform_selection`]:
+//! * [`transform()`], [`compose`], [`Operation::invert`], [`transform_selection`]:
 //!   the algebra, matching `ot-text-unicode` 4.x exactly (checked against
 //!   vectors generated from it).
 //! * [`Document`]: the server's state machine (transform late ops, exactly-once,

@@ -3,7 +3,7 @@
 //! Both walk one operation while taking matching pieces of the other. Which
 //! components may be split while taking differs (transform never splits an
 //! insert, compose never splits a delete), and the result must agree exactly
-//! with `ot-text-unicode` 4.x, so both share one [`Taker`].
+//! with `ot-text-unicode` 4.x, so both share one `Taker`.
 
 use crate::op::{byte_len_of_chars, char_len, Builder, Component, Operation};
 
