@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let state = AppState::connect(&config)
                 .await
-                .context("could not open the database")?;
+                .context("could not connect to the database (or to Redis)")?;
             let listener = TcpListener::bind(config.bind)
                 .await
                 .with_context(|| format!("could not listen on {}", config.bind))?;
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed => {
             let state = AppState::connect(&config)
                 .await
-                .context("could not open the database")?;
+                .context("could not connect to the database (or to Redis)")?;
             let report = seed::seed(&state).await;
             state.rooms.shutdown().await;
             let report = report?;

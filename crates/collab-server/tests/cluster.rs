@@ -186,6 +186,8 @@ struct Cluster {
     env: Env,
     /// What the instances get as `REDIS_URL` (a proxy in the Redis test).
     instance_redis_url: String,
+    /// More environment for every instance.
+    instance_env: Vec<(&'static str, String)>,
     logs: tempfile::TempDir,
     instances: Vec<Option<Instance>>,
     http: reqwest::Client,
@@ -197,9 +199,19 @@ impl Cluster {
     }
 
     async fn start_with_redis(env: &Env, n: usize, instance_redis_url: String) -> Cluster {
+        Self::start_with(env, n, instance_redis_url, Vec::new()).await
+    }
+
+    async fn start_with(
+        env: &Env,
+        n: usize,
+        instance_redis_url: String,
+        instance_env: Vec<(&'static str, String)>,
+    ) -> Cluster {
         let mut cluster = Cluster {
             env: env.clone(),
             instance_redis_url,
+            instance_env,
             logs: tempfile::tempdir().expect("log dir"),
             instances: Vec::new(),
             http: reqwest::Client::new(),
@@ -237,6 +249,7 @@ impl Cluster {
                 std::env::var(LOG_ENV).unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(self.instance_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -1072,6 +1085,148 @@ async fn presence_crosses_instances() {
         if let Some(failure) = late_welcome {
             panic!("{failure}");
         }
+    })
+    .await;
+}
+
+/// A throwaway CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), in the current directory.
+const MAKE_CERTS: &str = "set -e
+ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+openssl req -x509 $ec -days 2 -subj '/CN=collab test CA' -keyout ca.key -out ca.pem
+openssl req $ec -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext
+openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+    -extfile server.ext -out server.pem
+";
+
+/// A Redis of its own that speaks only TLS, with a certificate for
+/// 127.0.0.1 signed by a throwaway CA.
+struct TlsRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    _server: Child,
+}
+
+impl TlsRedis {
+    /// `None`, with a notice, where `redis-server` or `openssl` is missing.
+    async fn start() -> Option<TlsRedis> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = |f: &str| dir.path().join(f).display().to_string();
+        if Command::new("openssl")
+            .arg("version")
+            .output()
+            .await
+            .is_err()
+        {
+            eprintln!("skipping Redis over TLS: openssl is not installed");
+            return None;
+        }
+        let made = Command::new("sh")
+            .args(["-c", MAKE_CERTS])
+            .current_dir(dir.path())
+            .output()
+            .await
+            .expect("run sh");
+        assert!(
+            made.status.success(),
+            "making certificates: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = free_addr().port();
+        let server = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &path("server.pem")])
+            .args(["--tls-key-file", &path("server.key")])
+            .args(["--tls-ca-cert-file", &path("ca.pem")])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", &dir.path().display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let server = match server {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("skipping Redis over TLS: cannot run redis-server ({e})");
+                return None;
+            }
+        };
+        let redis = TlsRedis {
+            port,
+            dir,
+            _server: server,
+        };
+        let ping = || async {
+            let out = redis.cli(&["PING"]).await;
+            out.contains("PONG")
+        };
+        wait_until(WAIT, || "the TLS Redis to answer".into(), ping).await;
+        Some(redis)
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    /// `redis-cli` over TLS, checking the server against the CA.
+    async fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &self.ca(), "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Production Redis is often reached over TLS: with `rediss://` the
+/// instances verify the server against the CA named the standard way
+/// (`SSL_CERT_FILE`), and presence, which only Redis carries, crosses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls() {
+    run(|env| async move {
+        let Some(redis) = TlsRedis::start().await else {
+            return;
+        };
+        let url = format!("rediss://127.0.0.1:{}", redis.port);
+        let cluster = Cluster::start_with(&env, 2, url, vec![("SSL_CERT_FILE", redis.ca())]).await;
+        cluster.create(0, "hello").await;
+        let mut bob = cluster.connect(1, "bob", None).await;
+        let mut bob_events = bob.take_events();
+        let user = User {
+            name: "Alice".into(),
+            color: "#e11d48".into(),
+        };
+        let user_json = serde_json::to_value(&user).expect("user");
+        let alice = cluster.connect(0, "alice", Some(user)).await;
+        alice.set_presence(Some([1, 3])).await.expect("presence");
+        expect_event(&mut bob_events, "bob", WAIT, |e| {
+            is_presence(e, "alice", [1, 3], &user_json)
+        })
+        .await;
+        // Each instance subscribed over TLS (the server has no plain port).
+        let clients = redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).await;
+        assert!(
+            clients.lines().filter(|l| l.contains("psub=1")).count() >= 2,
+            "pub/sub clients of the TLS Redis:\n{clients}"
+        );
     })
     .await;
 }
