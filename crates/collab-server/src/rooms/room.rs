@@ -486,6 +486,12 @@ impl Room {
                                 Err(e) => rebased.refused.push((origin, e.into())),
                             }
                         }
+                        // Kept in every clustered room; without it the edit
+                        // cannot be moved, so it is refused, not lost silently.
+                        Answer::Applied(origin, None) => {
+                            let e = StoreError::Conflict("the document changed; resend".into());
+                            rebased.refused.push((origin, e.into()));
+                        }
                         other => rebased.answers.push(other),
                     }
                 }
