@@ -22,6 +22,20 @@ async fn open(db: &TestDb) -> std::sync::Arc<dyn DocumentStore> {
     store
 }
 
+/// Creates the document `id` with `content`; returns its id.
+async fn create(store: &dyn DocumentStore, id: &str, content: &str) -> DocumentId {
+    let id = DocumentId::parse(id).unwrap();
+    store
+        .create_document(NewDocument {
+            id: id.clone(),
+            title: Title::parse("Doc").unwrap(),
+            content: content.to_owned(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
 fn op(rev: u64, text: &str, client: Option<(&str, u64)>) -> NewOp {
     NewOp {
         rev,
@@ -33,16 +47,8 @@ fn op(rev: u64, text: &str, client: Option<(&str, u64)>) -> NewOp {
 
 async fn the_log_has_no_gaps_or_repeats(db: &TestDb) {
     let store = open(db).await;
-    let id = DocumentId::parse("doc").unwrap();
+    let id = create(&*store, "doc", "").await;
     let missing = DocumentId::parse("missing").unwrap();
-    store
-        .create_document(NewDocument {
-            id: id.clone(),
-            title: Title::parse("Doc").unwrap(),
-            content: String::new(),
-        })
-        .await
-        .unwrap();
 
     assert!(matches!(
         store.append_ops(&missing, &[op(1, "x", None)]).await,
@@ -80,19 +86,9 @@ async fn the_log_has_no_gaps_or_repeats(db: &TestDb) {
     assert_eq!(store.find_committed(&id, "c", 2).await.unwrap(), None);
     assert_eq!(store.find_committed(&id, "other", 1).await.unwrap(), None);
     // Other documents have their own (client_id, seq) space.
+    let two = create(&*store, "two", "").await;
     store
-        .create_document(NewDocument {
-            id: DocumentId::parse("two").unwrap(),
-            title: Title::parse("Two").unwrap(),
-            content: String::new(),
-        })
-        .await
-        .unwrap();
-    store
-        .append_ops(
-            &DocumentId::parse("two").unwrap(),
-            &[op(1, "q", Some(("c", 1)))],
-        )
+        .append_ops(&two, &[op(1, "q", Some(("c", 1)))])
         .await
         .unwrap();
 
@@ -109,15 +105,7 @@ async fn the_log_has_no_gaps_or_repeats(db: &TestDb) {
 /// to it under contention never lose again.
 async fn a_rebased_append_follows_the_winner(db: &TestDb) {
     let store = open(db).await;
-    let id = DocumentId::parse("doc").unwrap();
-    store
-        .create_document(NewDocument {
-            id: id.clone(),
-            title: Title::parse("Doc").unwrap(),
-            content: String::new(),
-        })
-        .await
-        .unwrap();
+    let id = create(&*store, "doc", "").await;
     // Another writer took revisions 1 and 2; ours, built on 0, loses.
     store
         .append_ops(&id, &[op(1, "a", Some(("w", 1))), op(2, "b", None)])
@@ -227,15 +215,7 @@ async fn a_rebased_append_follows_the_winner(db: &TestDb) {
 
 async fn snapshots_are_pruned_but_history_stays_loadable(db: &TestDb) {
     let store = open(db).await;
-    let id = DocumentId::parse("doc").unwrap();
-    store
-        .create_document(NewDocument {
-            id: id.clone(),
-            title: Title::parse("Doc").unwrap(),
-            content: "0".into(),
-        })
-        .await
-        .unwrap();
+    let id = create(&*store, "doc", "0").await;
     let mut content = String::from("0");
     for rev in 1..=30u64 {
         let text = (rev % 10).to_string();

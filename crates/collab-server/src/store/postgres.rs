@@ -13,11 +13,10 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
-use super::sql::{Dialect, EncodedOp, OP_COLUMNS};
+use super::sql::{Dialect, EncodedOp};
 use super::{
-    check_contiguous, op_from_row, to_i64, to_u64, DocumentMeta, DocumentStore, LoadedDocument,
-    NewDocument, NewOp, OpRow, Rebaser, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome,
-    StoreError, StoredOp,
+    check_contiguous, to_i64, to_u64, DocumentMeta, DocumentStore, LoadedDocument, NewDocument,
+    NewOp, Rebaser, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
@@ -150,23 +149,13 @@ impl DocumentStore for PostgresStore {
             return Err(StoreError::NotFound);
         };
         let current = to_u64(current)?;
-        let rows: Vec<OpRow> = sqlx::query_as(&format!(
-            "SELECT {OP_COLUMNS} FROM operations WHERE document_id = $1 AND rev > $2 ORDER BY rev"
-        ))
-        .bind(id.as_str())
-        .bind(to_i64(since)?)
-        .fetch_all(&mut *tx)
-        .await?;
-        if current < since || rows.len() as u64 != current - since {
+        let missing = Postgres::ops_between(&mut tx, id, since, None).await?;
+        if current < since || missing.len() as u64 != current - since {
             return Err(StoreError::Corrupt(format!(
                 "document {id} is at rev {current}, but the log holds {} ops after {since}",
-                rows.len()
+                missing.len()
             )));
         }
-        let missing = rows
-            .into_iter()
-            .map(op_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
         let Some(ops) = rebase(missing) else {
             return Ok(false);
         };

@@ -17,7 +17,7 @@ use super::{
 use crate::domain::{DocumentId, Timestamp, Title};
 
 const META_COLUMNS: &str = "id, title, rev, created_at, updated_at";
-pub(super) const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
+const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
 
 /// A database that can run the shared statements: the bounds say which Rust
 /// types it binds and which rows it decodes.
