@@ -69,11 +69,6 @@ struct Rebased {
     failure: Option<String>,
 }
 
-/// Runs a prepared submission through the engine (no I/O).
-fn submit(doc: &mut Document, s: &Submission) -> Result<Submitted, SubmitError> {
-    doc.submit(s.client_id.as_deref(), s.seq, s.base_rev, s.op.clone())
-}
-
 /// Why a room stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -284,8 +279,7 @@ impl Room {
     /// Runs an edit through the engine; its answer waits for the flush.
     async fn stage(&mut self, submission: Submission, origin: Origin) {
         match self.apply(submission).await {
-            Ok((Submitted::Applied(committed), prepared)) => {
-                let retry = self.shared.cluster.is_some().then_some(prepared);
+            Ok((Submitted::Applied(committed), retry)) => {
                 self.staged.push(NewOp {
                     rev: committed.rev,
                     op: committed.op,
@@ -318,13 +312,14 @@ impl Room {
         }
     }
 
-    /// Runs a submission through the engine. With the outcome comes the
-    /// submission as the engine took it (moved past the log when it was
-    /// older than the window), which is what a rebase submits again.
+    /// Runs a submission through the engine. In a cluster, an applied
+    /// outcome comes with the submission as the engine took it (moved past
+    /// the log when it was older than the window): what a rebase submits
+    /// again if another instance wins the write.
     async fn apply(
         &mut self,
         submission: Submission,
-    ) -> Result<(Submitted, Submission), RoomError> {
+    ) -> Result<(Submitted, Option<Submission>), RoomError> {
         self.ensure_loaded().await?;
         let Some(doc) = self.doc.as_mut() else {
             return Err(RoomError::NotFound);
@@ -347,13 +342,7 @@ impl Room {
                     .await?
                 {
                     doc.remember(client, seq, rev);
-                    let submission = Submission {
-                        client_id,
-                        seq: Some(seq),
-                        base_rev,
-                        op,
-                    };
-                    return Ok((Submitted::Duplicate { rev }, submission));
+                    return Ok((Submitted::Duplicate { rev }, None));
                 }
             }
         }
@@ -384,27 +373,27 @@ impl Room {
             (base_rev, op)
         };
 
-        let prepared = Submission {
-            client_id,
+        let retry = self.shared.cluster.is_some().then(|| Submission {
+            client_id: client_id.clone(),
             seq,
             base_rev,
-            op,
-        };
-        match submit(doc, &prepared) {
+            op: op.clone(),
+        });
+        match doc.submit(client_id.as_deref(), seq, base_rev, op) {
             // Older than the history in memory: the log still knows.
             Err(SubmitError::StaleSeq { seq: stale, last }) => {
-                let client = prepared.client_id.as_deref().unwrap_or_default();
+                let client = client_id.as_deref().unwrap_or_default();
                 match self
                     .shared
                     .store
                     .find_committed(&self.id, client, stale)
                     .await?
                 {
-                    Some(rev) => Ok((Submitted::Duplicate { rev }, prepared)),
+                    Some(rev) => Ok((Submitted::Duplicate { rev }, None)),
                     None => Err(SubmitError::StaleSeq { seq: stale, last }.into()),
                 }
             }
-            other => Ok((other?, prepared)),
+            other => Ok((other?, retry)),
         }
     }
 
@@ -468,8 +457,8 @@ impl Room {
                 }
                 for answer in unsent.take().unwrap_or_default() {
                     match answer {
-                        Answer::Applied(origin, Some(submission)) => {
-                            match submit(doc, &submission) {
+                        Answer::Applied(origin, Some(s)) => {
+                            match doc.submit(s.client_id.as_deref(), s.seq, s.base_rev, s.op) {
                                 Ok(Submitted::Applied(c)) => {
                                     rebased.staged.push(NewOp {
                                         rev: c.rev,
@@ -477,8 +466,8 @@ impl Room {
                                         client_id: c.client_id,
                                         seq: c.seq,
                                     });
-                                    let answer = Answer::Applied(origin, Some(submission));
-                                    rebased.answers.push(answer);
+                                    // Written now (or never): no retry left.
+                                    rebased.answers.push(Answer::Applied(origin, None));
                                 }
                                 Ok(Submitted::Duplicate { rev }) => {
                                     rebased.answers.push(Answer::Duplicate(origin, rev));
