@@ -340,3 +340,63 @@ async fn postgres_over_tls() {
     })
     .await;
 }
+
+/// A frozen instance (here: a connection that took a document's row lock in
+/// an append and then went quiet, as a SIGSTOPped process would) does not
+/// stall the document's other writers for long: PostgreSQL ends its idle
+/// transaction (default 10 s; this test sets 1 s through the URL's
+/// `options`, which also shows a user's own setting wins).
+#[tokio::test]
+async fn a_frozen_lock_holder_is_cut_off() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    common::run_test(db, |db| async move {
+        let live = PostgresStore::open(&db.url).await.expect("open");
+        live.migrate().await.expect("migrate");
+        let (default,): (String,) = sqlx::query_as("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(live.pool())
+            .await
+            .unwrap();
+        assert_eq!(default, "10s");
+        let id = create(&live, "doc", "").await;
+
+        let sep = if db.url.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{sep}options=-c%20idle_in_transaction_session_timeout%3D1s",
+            db.url
+        );
+        let frozen = PostgresStore::open(&url).await.expect("open");
+        let mut conn = frozen.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query("SELECT rev FROM documents WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            live.append_ops(&id, &[op(1, "a", Some(("c", 1)))]),
+        )
+        .await
+        .expect("the writer is still blocked by the frozen lock holder")
+        .expect("append");
+        let waited = started.elapsed();
+        // The URL's 1 s, not the 10 s default it would have got if ours
+        // overrode the user's setting.
+        assert!(
+            waited < std::time::Duration::from_secs(8),
+            "the writer waited {waited:?}"
+        );
+        assert_eq!(live.document(&id).await.unwrap().unwrap().rev, 1);
+        // The frozen session is gone: its next statement fails.
+        assert!(sqlx::query("SELECT 1").execute(&mut *conn).await.is_err());
+        drop(conn);
+        frozen.close().await;
+        live.close().await;
+        db
+    })
+    .await;
+}

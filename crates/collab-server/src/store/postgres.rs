@@ -25,6 +25,9 @@ use crate::domain::{DocumentId, Timestamp, Title};
 /// advisory locks taken for anything else. "snap" in ASCII.
 const SNAPSHOT_LOCK_CLASS: i32 = 0x736e_6170;
 
+/// How long a transaction of ours may sit idle before PostgreSQL ends it.
+const IDLE_TX_TIMEOUT: (&str, &str) = ("idle_in_transaction_session_timeout", "10s");
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -36,7 +39,20 @@ impl PostgresStore {
         if !Postgres::database_exists(url).await? {
             Postgres::create_database(url).await?;
         }
-        let options = PgConnectOptions::from_str(url)?;
+        let mut options = PgConnectOptions::from_str(url)?;
+        // A frozen instance (SIGSTOP, a paused VM, a network partition that
+        // leaves its TCP connection open) could otherwise hold a document's
+        // row lock mid-append for as long as TCP takes to notice, stalling
+        // every other instance's writers. Our transactions never wait on
+        // anything outside the database, so one idle this long is stuck, and
+        // PostgreSQL ends it. An `options` parameter in the URL that sets the
+        // same setting wins.
+        if !options
+            .get_options()
+            .is_some_and(|o| o.contains(IDLE_TX_TIMEOUT.0))
+        {
+            options = options.options([IDLE_TX_TIMEOUT]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
