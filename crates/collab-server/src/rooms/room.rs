@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
-use collab_ot::{transform, Committed, Document, Rope, Side, SubmitError, Submitted};
+use collab_ot::{
+    transform, Committed, Document, Operation, Peer, Rope, Side, SubmitError, Submitted,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
@@ -60,6 +62,8 @@ pub(super) fn spawn(
 struct Rebased {
     /// The other instances' ops, for our sessions.
     frames: Vec<Frame>,
+    /// The same ops, to move our peers' selections through.
+    theirs: Vec<Operation>,
     /// Our batch, transformed past them.
     staged: Vec<NewOp>,
     answers: Vec<Answer>,
@@ -132,7 +136,7 @@ struct Room {
 
 mod cluster;
 
-use cluster::replay_op;
+use cluster::{rebase_peers, replay_op};
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -434,7 +438,8 @@ impl Room {
     /// optimistically could lose to the others indefinitely, with this room
     /// deaf to everything else meanwhile).
     async fn rebase(&mut self) {
-        self.staged.clear();
+        let ours: Vec<Operation> = self.staged.drain(..).map(|o| o.op).collect();
+        let peers: Option<Vec<Peer>> = self.doc.as_ref().map(|d| d.peers().cloned().collect());
         let answers = std::mem::take(&mut self.answers);
         let Some(mut doc) = self.checkpoint.clone() else {
             let e = StoreError::Corrupt("no stored state to rebase on".into());
@@ -447,6 +452,7 @@ impl Room {
             let (doc, unsent, rebased) = (&mut doc, &mut unsent, &mut rebased);
             let rebase = move |missing: Vec<StoredOp>| {
                 for o in missing {
+                    rebased.theirs.push(o.op.clone());
                     match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
                         Ok(frame) => rebased.frames.push(frame),
                         Err(e) => {
@@ -505,6 +511,22 @@ impl Room {
                 self.refuse_edit(origin, refusal);
             }
             return self.write_failed(e, answers);
+        }
+        // Presence set since the last write lives in the state we rebased
+        // away from: carry it over, moved past the other instances' ops.
+        if let Some(peers) = peers {
+            let moved = rebase_peers(peers, &ours, &rebased.theirs);
+            let gone: Vec<String> = doc
+                .peers()
+                .filter(|p| !moved.iter().any(|m| m.client_id == p.client_id))
+                .map(|p| p.client_id.clone())
+                .collect();
+            for client in gone {
+                doc.remove_peer(&client);
+            }
+            for peer in moved {
+                doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+            }
         }
         self.doc = Some(doc);
         // Sessions see the other instance's ops before ours, as in the log.

@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use collab_ot::protocol::ServerMessage;
-use collab_ot::{Committed, Document, SubmitError};
+use collab_ot::{
+    compose, transform, transform_position, Committed, Document, Operation, Peer, Side, SubmitError,
+};
 use tracing::warn;
 
 use super::{frame, Frame, Room};
@@ -197,4 +199,77 @@ pub(super) fn replay_op(
         seq,
     })?;
     Ok(frame)
+}
+
+/// Our peers' selections after a rebase. They counted positions in the
+/// document with our batch applied; the rebased document has the other
+/// instances' ops (`theirs`) before our batch. Moving the selections through
+/// `theirs` transformed past `ours` lands them next to the same characters
+/// (TP1), where the state we rebased from would have put them back where
+/// they were before our batch.
+pub(super) fn rebase_peers(
+    peers: Vec<Peer>,
+    ours: &[Operation],
+    theirs: &[Operation],
+) -> Vec<Peer> {
+    let all = |ops: &[Operation]| ops.iter().fold(Operation::new(), |a, op| compose(&a, op));
+    // Ours went in as if submitted after theirs (left); theirs is the right.
+    let theirs = transform(&all(theirs), &all(ours), Side::Right);
+    peers
+        .into_iter()
+        .map(|mut peer| {
+            if let Some([anchor, head]) = peer.selection {
+                peer.selection = Some([
+                    transform_position(anchor, &theirs),
+                    transform_position(head, &theirs),
+                ]);
+            }
+            peer
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(json: &str) -> Operation {
+        Operation::from_json(json).expect("op")
+    }
+
+    fn apply(text: &str, ops: &[Operation]) -> String {
+        ops.iter()
+            .fold(text.to_owned(), |t, o| o.apply_str(&t).expect("apply"))
+    }
+
+    #[test]
+    fn peers_keep_their_characters_through_a_rebase() {
+        // Base "abc". Our batch typed "X" at 0, then "Z" at the end: in
+        // "XabcZ" a peer's caret sat between "c" and "Z" (4), another's
+        // selection covered "ab" (1..3).
+        let ours = [op(r#"["X"]"#), op(r#"[4, "Z"]"#)];
+        assert_eq!(apply("abc", &ours), "XabcZ");
+        // Meanwhile another instance wrote "YY" inside "ab" and deleted "c".
+        let theirs = [op(r#"[1, "YY"]"#), op(r#"[4, {"d": 1}]"#)];
+        assert_eq!(apply("abc", &theirs), "aYYb");
+        // The rebased document: theirs, then ours moved past them.
+        let all = |ops: &[Operation]| ops.iter().fold(Operation::new(), |a, o| compose(&a, o));
+        let rebased = transform(&all(&ours), &all(&theirs), Side::Left);
+        assert_eq!(apply("aYYb", &[rebased]), "XaYYbZ");
+
+        let peer = |id: &str, selection| Peer {
+            client_id: id.into(),
+            selection: Some(selection),
+            user: serde_json::Value::Null,
+        };
+        let moved = rebase_peers(
+            vec![peer("caret", [4, 4]), peer("range", [1, 3])],
+            &ours,
+            &theirs,
+        );
+        // The caret's "c" is gone: it sits after "b", still before "Z".
+        assert_eq!(moved[0].selection, Some([5, 5]));
+        // The selection covers what "ab" became: "aYYb".
+        assert_eq!(moved[1].selection, Some([1, 5]));
+    }
 }
