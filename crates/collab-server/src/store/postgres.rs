@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
 use super::sql::{Dialect, EncodedOp};
@@ -66,10 +66,29 @@ impl PostgresStore {
     }
 }
 
-/// Encodes `ops`, checking they continue the log at `current`.
-fn encode(current: u64, ops: &[NewOp]) -> Result<Vec<EncodedOp>, StoreError> {
+/// Moves the document from `current` to the last of `ops` and logs them:
+/// `Conflict` unless they continue the log at `current` and the document is
+/// still there. Nothing to write is fine.
+async fn write_ops(
+    conn: &mut PgConnection,
+    id: &DocumentId,
+    current: u64,
+    ops: &[NewOp],
+) -> Result<(), StoreError> {
+    let Some(last) = ops.last() else {
+        return Ok(());
+    };
     check_contiguous(current, ops)?;
-    ops.iter().map(EncodedOp::new).collect()
+    let rows = ops
+        .iter()
+        .map(EncodedOp::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = Timestamp::now().as_millis();
+    Postgres::advance(conn, id, to_i64(current)?, to_i64(last.rev)?, now).await?;
+    for row in &rows {
+        Postgres::insert_op(conn, id, row, now).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -130,19 +149,13 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn append_ops(&self, id: &DocumentId, ops: &[NewOp]) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+        let Some(first) = ops.first() else {
             return Ok(());
         };
-        let current = first.rev.saturating_sub(1);
-        let rows = encode(current, ops)?;
-        let now = Timestamp::now().as_millis();
         let mut tx = self.pool.begin().await?;
         // The conditional UPDATE row-locks the document, so concurrent
         // appenders serialise here and the loser sees a moved `rev`.
-        Postgres::advance(&mut tx, id, to_i64(current)?, to_i64(last.rev)?, now).await?;
-        for row in &rows {
-            Postgres::insert_op(&mut tx, id, row, now).await?;
-        }
+        write_ops(&mut tx, id, first.rev.saturating_sub(1), ops).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -175,15 +188,7 @@ impl DocumentStore for PostgresStore {
         let Some(ops) = rebase(missing) else {
             return Ok(false);
         };
-        let Some(last) = ops.last() else {
-            return Ok(true);
-        };
-        let rows = encode(current, &ops)?;
-        let now = Timestamp::now().as_millis();
-        Postgres::advance(&mut tx, id, to_i64(current)?, to_i64(last.rev)?, now).await?;
-        for row in &rows {
-            Postgres::insert_op(&mut tx, id, row, now).await?;
-        }
+        write_ops(&mut tx, id, current, &ops).await?;
         tx.commit().await?;
         Ok(true)
     }
