@@ -13,7 +13,7 @@ use crate::cursor::transform_position;
 use crate::op::{OpError, Operation};
 use crate::transform::{transform, Side};
 
-/// Bounds that keep one document's memory and size in check.
+/// Bounds that keep one document's memory, size and work in check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocumentLimits {
     /// Largest document, in characters.
@@ -21,6 +21,12 @@ pub struct DocumentLimits {
     /// Committed operations kept in memory, for transforming late submissions
     /// and for resuming clients without sending the whole content.
     pub history: usize,
+    /// Most components one submitted operation may have (after normalizing).
+    pub max_op_components: usize,
+    /// Most work one submission may cost to transform to the current
+    /// revision, in [`transform_steps`]: a large operation may reach back
+    /// less far than a keystroke.
+    pub max_transform_steps: u64,
 }
 
 impl Default for DocumentLimits {
@@ -28,8 +34,25 @@ impl Default for DocumentLimits {
         DocumentLimits {
             max_chars: 10_000_000,
             history: 1_000,
+            max_op_components: 10_000,
+            max_transform_steps: 2_000_000,
         }
     }
+}
+
+/// The cost of transforming `op` past each of `against`, in components
+/// walked: each transform visits every component of both operations once.
+/// Known before any transform runs, so a submission can be refused (or
+/// moved off a latency-sensitive thread) before it costs anything.
+pub fn transform_steps<'a>(
+    op: &Operation,
+    against: impl IntoIterator<Item = &'a Operation>,
+) -> u64 {
+    let own = op.components().len() as u64;
+    against
+        .into_iter()
+        .map(|other| own + other.components().len() as u64)
+        .sum()
 }
 
 /// An operation in the document's history.
@@ -65,6 +88,15 @@ pub enum SubmitError {
     TooLarge { chars: usize, max: usize },
     #[error("seq {seq} is older than this client's last committed seq {last}")]
     StaleSeq { seq: u64, last: u64 },
+    #[error("the operation has {components} components; at most {max} are allowed")]
+    TooComplex { components: usize, max: usize },
+    #[error(
+        "bringing this operation from revision {rev} up to date would take {steps} transform \
+         steps; at most {max} are allowed: rebase it on a newer revision"
+    )]
+    TooFarBehind { rev: u64, steps: u64, max: u64 },
+    #[error("seq {seq} was already used by this client for a different operation")]
+    SeqReused { seq: u64 },
 }
 
 /// A connected peer as others see it.
@@ -75,6 +107,11 @@ pub struct Peer {
     pub selection: Option<[usize; 2]>,
     pub user: serde_json::Value,
 }
+
+/// Most transform work spent checking that a resend is the edit it claims
+/// to be; a costlier check is skipped (the resend is trusted), so a resend
+/// never costs more than a keystroke.
+const VERIFY_STEPS: u64 = 10_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -147,9 +184,30 @@ impl Document {
         op: Operation,
     ) -> Result<Submitted, SubmitError> {
         if let (Some(client_id), Some(seq)) = (client_id, seq) {
-            if let Some(rev) = self.committed_rev(client_id, seq)? {
+            if let Some(rev) = self.duplicate(client_id, seq, base_rev, &op)? {
                 return Ok(Submitted::Duplicate { rev });
             }
+        }
+        self.check_submission(base_rev, &op)?;
+        let oldest = self.oldest_rev();
+        let concurrent = self.history.range((base_rev - oldest) as usize..);
+        let op = concurrent.fold(op, |op, e| transform(&op, &e.committed.op, Side::Left));
+        self.commit_current(client_id, seq, op)
+    }
+
+    /// Everything about a submission that can be known without transforming
+    /// it: the revision is in range, the operation fits the document as it
+    /// was at `base_rev` and is not too large, and transforming it is within
+    /// [`DocumentLimits::max_transform_steps`]. Returns that cost, so a
+    /// caller can choose where to run an expensive transform
+    /// ([`Document::ops_after`]).
+    pub fn check_submission(&self, base_rev: u64, op: &Operation) -> Result<u64, SubmitError> {
+        let components = op.components().len();
+        if components > self.limits.max_op_components {
+            return Err(SubmitError::TooComplex {
+                components,
+                max: self.limits.max_op_components,
+            });
         }
         let oldest = self.oldest_rev();
         if base_rev > self.rev || base_rev < oldest {
@@ -172,7 +230,46 @@ impl Document {
             }
             .into());
         }
-        let op = concurrent.fold(op, |op, e| transform(&op, &e.committed.op, Side::Left));
+        let steps = transform_steps(op, concurrent.map(|e| &e.committed.op));
+        if steps > self.limits.max_transform_steps {
+            return Err(SubmitError::TooFarBehind {
+                rev: base_rev,
+                steps,
+                max: self.limits.max_transform_steps,
+            });
+        }
+        Ok(steps)
+    }
+
+    /// The operations committed after `base_rev`, in order, when all are in
+    /// memory: what a submission based on `base_rev` is transformed past.
+    pub fn ops_after(&self, base_rev: u64) -> Option<Vec<Operation>> {
+        self.ops_since(base_rev)
+            .map(|ops| ops.map(|c| c.op.clone()).collect())
+    }
+
+    /// The document's length, in characters, at revision `rev`, when that
+    /// revision is in memory.
+    pub fn len_at(&self, rev: u64) -> Option<usize> {
+        let oldest = self.oldest_rev();
+        if rev < oldest || rev > self.rev {
+            return None;
+        }
+        Some(
+            self.history
+                .get((rev - oldest) as usize)
+                .map_or(self.content.len_chars(), |e| e.base_len),
+        )
+    }
+
+    /// Commits an operation that is already transformed to the current
+    /// revision (checked here again: it must apply and fit the size limit).
+    fn commit_current(
+        &mut self,
+        client_id: Option<&str>,
+        seq: Option<u64>,
+        op: Operation,
+    ) -> Result<Submitted, SubmitError> {
         op.check(&self.content)?;
         let chars = self.content.len_chars() as isize + op.len_delta();
         // A document already over a lowered limit may still shrink.
@@ -271,7 +368,54 @@ impl Document {
         self.peers.values()
     }
 
-    /// `Some(rev)` when `(client_id, seq)` is already committed.
+    /// `Some(rev)` when `(client_id, seq)` is already committed: a resend, to
+    /// acknowledge again. When the committed operation is still in memory
+    /// and cheap to compare, the resend must be the same edit: `op`, brought
+    /// from `base_rev` to just before that commit, must equal what was
+    /// committed. Otherwise two connections share a client id and reuse a
+    /// `seq` for different edits, and acknowledging the second would claim
+    /// it was applied ([`SubmitError::SeqReused`]).
+    pub fn duplicate(
+        &self,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        op: &Operation,
+    ) -> Result<Option<u64>, SubmitError> {
+        let Some(rev) = self.committed_rev(client_id, seq)? else {
+            return Ok(None);
+        };
+        let oldest = self.oldest_rev();
+        if rev <= oldest || rev > self.rev || base_rev < oldest {
+            // Not in memory any more (or learned from the store): trust it.
+            return Ok(Some(rev));
+        }
+        if base_rev >= rev {
+            // A resend is written before its own commit, never after it.
+            return Err(SubmitError::SeqReused { seq });
+        }
+        let between = self
+            .history
+            .range((base_rev - oldest) as usize..(rev - oldest) as usize);
+        let committed = &between
+            .clone()
+            .next_back()
+            .expect("rev is in history")
+            .committed;
+        let before = between.clone().take((rev - base_rev - 1) as usize);
+        if transform_steps(op, before.clone().map(|e| &e.committed.op)) > VERIFY_STEPS {
+            return Ok(Some(rev));
+        }
+        let resent = before.fold(op.clone(), |op, e| {
+            transform(&op, &e.committed.op, Side::Left)
+        });
+        if resent == committed.op {
+            Ok(Some(rev))
+        } else {
+            Err(SubmitError::SeqReused { seq })
+        }
+    }
+
     fn committed_rev(&self, client_id: &str, seq: u64) -> Result<Option<u64>, SubmitError> {
         let Some(last) = self.last_commit.get(client_id) else {
             return Ok(None);
@@ -388,6 +532,7 @@ mod tests {
         let limits = DocumentLimits {
             max_chars: 5,
             history: 2,
+            ..DocumentLimits::default()
         };
         let mut d = Document::new(Rope::from_str("abc"), 0, limits);
         for i in 1..=3 {
@@ -444,6 +589,82 @@ mod tests {
         assert!(d.ops_since(2).is_none());
         assert!(d.remove_peer("p").is_some());
         assert_eq!(d.peers().count(), 1);
+    }
+
+    #[test]
+    fn work_is_bounded_before_any_transform() {
+        let limits = DocumentLimits {
+            max_op_components: 4,
+            max_transform_steps: 20,
+            ..DocumentLimits::default()
+        };
+        let mut d = Document::new(Rope::from_str("abcdef"), 0, limits);
+        assert_eq!(
+            d.submit(None, None, 0, op(r#"[1, "x", 1, "y", 1, "z"]"#)),
+            Err(SubmitError::TooComplex {
+                components: 6,
+                max: 4
+            })
+        );
+        // Ten one-component commits: a keystroke from revision 0 costs
+        // 10 × (1 + 1) = 20 steps, two components cost 30.
+        for i in 0..10 {
+            d.submit(None, None, i, op(r#"["k"]"#)).unwrap();
+        }
+        assert_eq!(d.check_submission(0, &op(r#"["a"]"#)), Ok(20));
+        assert_eq!(
+            d.submit(None, None, 0, op(r#"[1, "a"]"#)),
+            Err(SubmitError::TooFarBehind {
+                rev: 0,
+                steps: 30,
+                max: 20
+            })
+        );
+        assert_eq!(d.check_submission(5, &op(r#"[1, "a"]"#)), Ok(15));
+        // Checked against the length at its base revision, before transforming.
+        assert!(matches!(
+            d.check_submission(0, &op(r#"[7, "a"]"#)),
+            Err(SubmitError::InvalidOp(OpError::PastEnd {
+                needed: 7,
+                len: 6
+            }))
+        ));
+        assert_eq!(d.len_at(0), Some(6));
+        assert_eq!(d.len_at(10), Some(16));
+        assert_eq!(d.ops_after(8).map(|o| o.len()), Some(2));
+        assert_eq!(d.rev(), 10);
+    }
+
+    #[test]
+    fn a_reused_seq_with_another_edit_is_refused_not_acknowledged() {
+        let mut d = doc("abc");
+        d.submit(Some("a"), Some(1), 0, op(r#"[1, "X"]"#)).unwrap();
+        d.submit(Some("b"), Some(1), 0, op(r#"["Y"]"#)).unwrap();
+        d.submit(Some("a"), Some(2), 1, op(r#"[3, "Z"]"#)).unwrap();
+        let before = (d.content().to_string(), d.rev());
+        // The same edit resent, as written or moved past ops it saw since.
+        assert_eq!(
+            d.submit(Some("a"), Some(2), 1, op(r#"[3, "Z"]"#)),
+            Ok(Submitted::Duplicate { rev: 3 })
+        );
+        assert_eq!(
+            d.submit(Some("a"), Some(2), 2, op(r#"[4, "Z"]"#)),
+            Ok(Submitted::Duplicate { rev: 3 })
+        );
+        // Another edit under the same (client_id, seq).
+        assert_eq!(
+            d.submit(Some("a"), Some(2), 1, op(r#"["other"]"#)),
+            Err(SubmitError::SeqReused { seq: 2 })
+        );
+        assert_eq!(
+            d.submit(Some("a"), Some(2), 3, op(r#"[3, "Z"]"#)),
+            Err(SubmitError::SeqReused { seq: 2 })
+        );
+        assert_eq!(
+            d.submit(Some("a"), Some(1), 0, op(r#"[2, "X"]"#)),
+            Err(SubmitError::SeqReused { seq: 1 })
+        );
+        assert_eq!((d.content().to_string(), d.rev()), before);
     }
 
     #[test]

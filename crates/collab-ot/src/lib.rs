@@ -11,6 +11,8 @@
 //!   presence). [`Client`]: the client's (ot.js / ShareDB style).
 //! * [`protocol`]: the WebSocket frames of the wire contract, parsed by pure
 //!   functions into messages or the contract's error codes.
+//! * [`json`]: the strict JSON every client input is read with (no duplicate
+//!   keys, no integer past 2^53 − 1).
 //!
 //! ```
 //! use collab_ot::{transform, Operation, Rope, Side};
@@ -37,13 +39,16 @@ pub mod cursor;
 pub mod document;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod json;
 pub mod op;
 pub mod protocol;
 pub mod transform;
 
 pub use client::{Client, ClientError, OutgoingOp, Resumed};
 pub use cursor::{transform_position, transform_selection, Selection};
-pub use document::{Committed, Document, DocumentLimits, Peer, SubmitError, Submitted};
+pub use document::{
+    transform_steps, Committed, Document, DocumentLimits, Peer, SubmitError, Submitted,
+};
 pub use op::{CompactString, Component, Delete, OpError, Operation};
 pub use ropey::Rope;
 pub use transform::{compose, transform, Side};

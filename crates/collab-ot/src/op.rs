@@ -440,6 +440,16 @@ fn count<E: de::Error>(n: u64) -> Result<usize, E> {
     }
 }
 
+/// Documents never hold U+0000: PostgreSQL cannot store it in text, and
+/// editors disagree on how to show it. Refusing it where operations are
+/// read keeps every store and every peer able to hold every document.
+fn refuse_nul<E: de::Error>(s: &str) -> Result<(), E> {
+    if s.contains('\0') {
+        return Err(E::custom("text must not contain U+0000 (NUL)"));
+    }
+    Ok(())
+}
+
 struct ComponentVisitor;
 
 impl<'de> Visitor<'de> for ComponentVisitor {
@@ -467,6 +477,7 @@ impl<'de> Visitor<'de> for ComponentVisitor {
         if s.is_empty() {
             return Err(E::custom("inserts must not be empty"));
         }
+        refuse_nul(s)?;
         Ok(Component::Insert(s.into()))
     }
 
@@ -511,6 +522,7 @@ impl<'de> Deserialize<'de> for DeleteValue {
                 if s.is_empty() {
                     return Err(E::custom("deletes must not be empty"));
                 }
+                refuse_nul(s)?;
                 Ok(DeleteValue(Delete::Text(s.into())))
             }
         }
@@ -587,6 +599,9 @@ mod tests {
             r#"[{"d": [1]}]"#,
             "[99999999999999999999]",
             "[1e3]",
+            r#"["a\u0000b"]"#,
+            r#"[{"d": "\u0000"}]"#,
+            r#"[{"d": 1, "d": 1}]"#,
         ] {
             assert!(Operation::from_json(bad).is_err(), "accepted {bad}");
         }

@@ -36,12 +36,20 @@ pub enum ClientMessage {
     },
 }
 
-/// Who a peer is, as shown next to their cursor.
+/// Who a peer is, as shown next to their cursor. Other keys a client sends
+/// are dropped; both strings are bounded ([`MAX_USER_NAME_CHARS`],
+/// [`MAX_USER_COLOR_CHARS`]), so a peer costs every newcomer's `welcome` a
+/// few hundred bytes at most.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
     pub color: String,
 }
+
+/// Longest `user.name`, in characters.
+pub const MAX_USER_NAME_CHARS: usize = 100;
+/// Longest `user.color`, in characters (`#rrggbb`, `hsl(…)`, a CSS name).
+pub const MAX_USER_COLOR_CHARS: usize = 32;
 
 /// A frame from the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,9 +184,13 @@ enum RawClientMessage {
     },
 }
 
-/// Parses one text frame from a client.
+/// Parses one text frame from a client. The JSON is read strictly
+/// ([`crate::json`]): a duplicate key or an integer past 2^53 − 1 anywhere
+/// in the frame makes it a `bad_message`.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
-    let raw: RawClientMessage = serde_json::from_str(text)
+    let value = crate::json::parse_strict(text)
+        .map_err(|e| FrameError::bad(format!("not a valid message: {e}")))?;
+    let raw: RawClientMessage = serde_json::from_value(value)
         .map_err(|e| FrameError::bad(format!("not a valid message: {e}")))?;
     match raw {
         RawClientMessage::Op { rev, seq, op } => {
@@ -193,9 +205,29 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
             Ok(ClientMessage::Op { rev, seq, op })
         }
         RawClientMessage::Presence { selection, user } => {
+            if let Some(user) = &user {
+                check_user(user)?;
+            }
             Ok(ClientMessage::Presence { selection, user })
         }
     }
+}
+
+fn check_user(user: &User) -> Result<(), FrameError> {
+    for (field, value, max) in [
+        ("name", &user.name, MAX_USER_NAME_CHARS),
+        ("color", &user.color, MAX_USER_COLOR_CHARS),
+    ] {
+        let chars = value.chars().count();
+        if chars > max {
+            return Err(FrameError {
+                code: ErrorCode::TooLarge,
+                message: format!("user.{field} has {chars} characters; at most {max} are allowed"),
+                seq: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl ClientMessage {
@@ -281,6 +313,53 @@ mod tests {
             code(r#"{"type":"op","rev":1,"seq":7,"op":{"d":1}}"#),
             ErrorCode::InvalidOp
         );
+    }
+
+    #[test]
+    fn integers_past_2_pow_53_and_duplicate_keys_are_bad_messages() {
+        for bad in [
+            r#"{"type":"op","rev":1,"seq":9223372036854775808,"op":[]}"#,
+            r#"{"type":"op","rev":9007199254740992,"seq":1,"op":[]}"#,
+            r#"{"type":"op","rev":1,"seq":1,"op":[9007199254740992,"x"]}"#,
+            r#"{"type":"op","rev":1,"seq":1,"op":[{"d":9007199254740992}]}"#,
+            r#"{"type":"op","rev":1,"seq":1,"op":[{"d":1,"d":1}]}"#,
+            r#"{"type":"op","type":"op","rev":1,"seq":1,"op":[]}"#,
+            r#"{"type":"presence","selection":[0,9007199254740992]}"#,
+        ] {
+            let e = parse_client_message(bad).unwrap_err();
+            assert_eq!((e.code, e.seq), (ErrorCode::BadMessage, None), "{bad}");
+        }
+        let max = crate::json::MAX_SAFE_INTEGER;
+        let ok = format!(r#"{{"type":"op","rev":{max},"seq":{max},"op":[]}}"#);
+        assert!(parse_client_message(&ok).is_ok());
+    }
+
+    #[test]
+    fn users_are_bounded() {
+        let presence = |name: &str, color: &str| {
+            serde_json::json!({"type": "presence", "selection": null,
+                "user": {"name": name, "color": color, "extra": "dropped"}})
+            .to_string()
+        };
+        let ok = parse_client_message(&presence(&"é".repeat(MAX_USER_NAME_CHARS), "#fff"));
+        let Ok(ClientMessage::Presence {
+            user: Some(user), ..
+        }) = ok
+        else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(
+            serde_json::to_value(&user)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .len(),
+            2
+        );
+        let long_name = presence(&"x".repeat(MAX_USER_NAME_CHARS + 1), "#fff");
+        assert_eq!(code(&long_name), ErrorCode::TooLarge);
+        let long_color = presence("A", &"x".repeat(MAX_USER_COLOR_CHARS + 1));
+        assert_eq!(code(&long_color), ErrorCode::TooLarge);
     }
 
     #[test]

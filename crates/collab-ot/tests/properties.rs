@@ -225,6 +225,8 @@ fn simulate(seed: u64, n: usize) -> Result<(), TestCaseError> {
     let limits = DocumentLimits {
         max_chars: 10_000,
         history: 100_000,
+        max_op_components: usize::MAX,
+        max_transform_steps: u64::MAX,
     };
     let mut server = Document::new(Rope::from_str("hi"), 0, limits);
     let mut sites: Vec<Site> = (0..n)

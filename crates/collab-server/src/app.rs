@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub store: Arc<dyn DocumentStore>,
     pub rooms: Rooms,
     pub limits: Limits,
+    /// What the HTTP edge allows: connections, header timing, origins.
+    pub edge: Edge,
     /// Turns true when the server starts shutting down, so long-lived
     /// WebSocket sessions close and let the graceful shutdown finish.
     pub closing: watch::Receiver<bool>,
@@ -37,13 +40,31 @@ pub struct AppState {
     snapshot_worker: Arc<std::sync::Mutex<Option<SnapshotWorker>>>,
 }
 
-/// The wire contract's §4 limits, as configured.
+/// Per-message and per-connection limits, as configured.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_document_chars: usize,
-    /// Enforced per WebSocket connection (issue 4).
+    /// Enforced per WebSocket connection.
     pub max_ops_per_second: u32,
+    /// Presence updates per second a WebSocket connection passes on; the
+    /// rest are coalesced.
+    pub max_presence_per_second: u32,
+    /// A WebSocket silent this long is closed; one silent half as long is pinged.
+    pub ws_idle: Duration,
+}
+
+/// What the HTTP edge allows, as configured.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Open connections at once; 0 for no limit.
+    pub max_connections: usize,
+    /// Open connections from one IP address; 0 for no limit.
+    pub max_connections_per_ip: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Web origins besides the server's own that may use it.
+    pub allowed_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -72,6 +93,19 @@ impl AppState {
                 max_message_bytes: config.max_message_bytes,
                 max_document_chars: config.max_document_chars,
                 max_ops_per_second: config.max_ops_per_second,
+                max_presence_per_second: config.max_presence_per_second,
+                ws_idle: Duration::from_secs(config.ws_idle_secs.max(2)),
+            },
+            edge: Edge {
+                max_connections: config.max_connections,
+                max_connections_per_ip: config.max_connections_per_ip,
+                header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
+                allowed_origins: config
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
             },
         }
     }

@@ -78,6 +78,91 @@ pub struct Config {
     )]
     pub max_ops_per_second: u32,
 
+    /// Presence updates per second one WebSocket connection passes on; more
+    /// are coalesced (only the latest selection is sent, a moment later).
+    #[arg(
+        long,
+        env = "COLLAB_MAX_PRESENCE_PER_SECOND",
+        default_value_t = 20,
+        global = true
+    )]
+    pub max_presence_per_second: u32,
+
+    /// Most components one operation may have (after normalizing).
+    #[arg(
+        long,
+        env = "COLLAB_MAX_OP_COMPONENTS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_op_components: usize,
+
+    /// Most transform work one edit may cost to catch up with the document
+    /// (components walked); each WebSocket connection may spend this much
+    /// per second.
+    #[arg(
+        long,
+        env = "COLLAB_MAX_TRANSFORM_STEPS",
+        default_value_t = 2_000_000,
+        global = true
+    )]
+    pub max_transform_steps: u64,
+
+    /// Bytes of frames queued for one WebSocket connection before it counts
+    /// as too slow and is disconnected (it resumes).
+    #[arg(
+        long,
+        env = "COLLAB_SESSION_QUEUE_BYTES",
+        default_value_t = 4 << 20,
+        global = true
+    )]
+    pub session_queue_bytes: usize,
+
+    /// Most open connections (HTTP and WebSocket); more are refused with 503.
+    /// 0: no limit.
+    #[arg(
+        long,
+        env = "COLLAB_MAX_CONNECTIONS",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Most open connections from one IP address; more are refused with 429.
+    /// 0: no limit (behind a proxy, every client has the proxy's address).
+    #[arg(
+        long,
+        env = "COLLAB_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a client has to send a request's headers (also the longest
+    /// an idle keep-alive connection stays open).
+    #[arg(
+        long,
+        env = "COLLAB_HEADER_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_timeout_secs: u64,
+
+    /// A WebSocket silent for half this many seconds is pinged; one silent
+    /// for this long (no pong either) is closed.
+    #[arg(long, env = "COLLAB_WS_IDLE_SECS", default_value_t = 60, global = true)]
+    pub ws_idle_secs: u64,
+
+    /// Web origins (`scheme://host[:port]`, comma-separated) besides the
+    /// server's own whose pages may call the API and open WebSockets.
+    #[arg(
+        long,
+        env = "COLLAB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Committed ops each open document keeps in memory, for transforming
     /// late edits and resuming clients.
     #[arg(
@@ -167,6 +252,15 @@ impl Config {
             max_message_bytes: 1 << 20,
             max_document_chars: 10_000_000,
             max_ops_per_second: 100,
+            max_presence_per_second: 20,
+            max_op_components: 10_000,
+            max_transform_steps: 2_000_000,
+            session_queue_bytes: 4 << 20,
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            header_timeout_secs: 10,
+            ws_idle_secs: 60,
+            allowed_origins: Vec::new(),
             history_window: 1000,
             room_idle_secs: 300,
             snapshot_every_ops: 500,
@@ -183,8 +277,11 @@ impl Config {
             limits: DocumentLimits {
                 max_chars: self.max_document_chars,
                 history: self.history_window,
+                max_op_components: self.max_op_components.max(1),
+                max_transform_steps: self.max_transform_steps.max(1),
             },
             idle: Duration::from_secs(self.room_idle_secs.max(1)),
+            session_queue_bytes: self.session_queue_bytes.max(1),
             ..RoomConfig::default()
         }
     }

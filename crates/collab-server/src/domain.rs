@@ -84,6 +84,9 @@ pub struct Title(String);
 impl Title {
     pub fn parse(s: &str) -> Result<Self, TitleError> {
         let trimmed = s.trim();
+        if trimmed.contains('\0') {
+            return Err(TitleError::Nul);
+        }
         match trimmed.chars().count() {
             0 => Err(TitleError::Empty),
             n if n > MAX_TITLE_CHARS => Err(TitleError::TooLong(n)),
@@ -102,6 +105,9 @@ pub enum TitleError {
     Empty,
     #[error("title has {0} characters; at most {MAX_TITLE_CHARS} are allowed")]
     TooLong(usize),
+    /// PostgreSQL cannot store U+0000 in text, so no store accepts it.
+    #[error("title must not contain U+0000 (NUL)")]
+    Nul,
 }
 
 /// A point in time as unix milliseconds, the unit both databases store;
@@ -185,6 +191,7 @@ mod tests {
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse(&"😭".repeat(200)).is_ok());
         assert!(Title::parse(&"😭".repeat(201)).is_err());
+        assert!(matches!(Title::parse("a\0b"), Err(TitleError::Nul)));
     }
 
     #[test]

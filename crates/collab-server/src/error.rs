@@ -41,6 +41,10 @@ pub enum AppError {
     RevOutOfRange(String),
     #[error("{0}")]
     StaleSeq(String),
+    #[error("{0}")]
+    InvalidContent(String),
+    #[error("{0}")]
+    RateLimited(String),
     /// The store cannot be reached or the server is stopping; worth a retry.
     #[error("service unavailable")]
     Unavailable(#[source] Option<Arc<StoreError>>),
@@ -59,9 +63,11 @@ impl AppError {
                 StatusCode::CONFLICT
             }
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::InvalidTitle(_) | AppError::InvalidId(_) | AppError::InvalidOp(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            AppError::InvalidTitle(_)
+            | AppError::InvalidId(_)
+            | AppError::InvalidOp(_)
+            | AppError::InvalidContent(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +85,8 @@ impl AppError {
             AppError::InvalidOp(_) => "invalid_op",
             AppError::RevOutOfRange(_) => "rev_out_of_range",
             AppError::StaleSeq(_) => "stale_seq",
+            AppError::InvalidContent(_) => "invalid_content",
+            AppError::RateLimited(_) => "rate_limited",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal(_) => "internal",
         }
@@ -125,6 +133,7 @@ impl From<RoomError> for AppError {
                 StoreError::Unavailable(_) => AppError::Unavailable(Some(e)),
                 _ => AppError::Internal(e),
             },
+            RoomError::RateLimited => AppError::RateLimited(e.to_string()),
             RoomError::Closed | RoomError::ShuttingDown => AppError::Unavailable(None),
         }
     }
@@ -137,7 +146,11 @@ impl From<SubmitError> for AppError {
             SubmitError::RevOutOfRange { .. } => AppError::RevOutOfRange(message),
             SubmitError::InvalidOp(_) => AppError::InvalidOp(message),
             SubmitError::TooLarge { .. } => AppError::TooLarge(message),
-            SubmitError::StaleSeq { .. } => AppError::StaleSeq(message),
+            SubmitError::StaleSeq { .. } | SubmitError::SeqReused { .. } => {
+                AppError::StaleSeq(message)
+            }
+            SubmitError::TooComplex { .. } => AppError::TooLarge(message),
+            SubmitError::TooFarBehind { .. } => AppError::RevOutOfRange(message),
         }
     }
 }

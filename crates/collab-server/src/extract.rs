@@ -2,19 +2,23 @@
 //!
 //! axum answers a bad body or query with its own plain-text errors; the
 //! contract wants the JSON error body everywhere, so every handler extracts
-//! through these wrappers instead.
+//! through these wrappers instead. Bodies are read with the same strict
+//! JSON as WebSocket frames (`collab_ot::json`).
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 
-/// `axum::Json`, with rejections as contract errors: 413 `too_large` for a
-/// body over the limit, 400 `bad_request` for everything else (bad syntax,
-/// wrong types, missing fields, a missing `Content-Type: application/json`).
+/// A JSON body, read strictly and refused with contract errors: 413
+/// `too_large` for a body over the limit, 400 `bad_request` for everything
+/// else (a missing `Content-Type: application/json`, bad syntax, a duplicate
+/// key, an integer past 2^53 − 1, wrong types, missing fields), in words
+/// meant for people rather than Rust type names.
 pub struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
@@ -25,26 +29,77 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(AppError::BadRequest(
+                "expected a request body with Content-Type: application/json".to_owned(),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::TooLarge("request body is too large".to_owned())
+            } else {
+                AppError::BadRequest("could not read the request body".to_owned())
+            }
+        })?;
+        let value = collab_ot::json::parse_strict_slice(&bytes)
+            .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+        T::deserialize(value).map(Json).map_err(|e| {
+            AppError::BadRequest(format!("invalid request body: {}", human(&e.to_string())))
+        })
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> AppError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::TooLarge("request body is too large".to_owned());
-    }
-    let message = match &rejection {
-        JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text()),
-        JsonRejection::JsonSyntaxError(_) => "request body is not valid JSON".to_owned(),
-        JsonRejection::MissingJsonContentType(_) => {
-            "expected a request body with Content-Type: application/json".to_owned()
-        }
-        other => format!("could not read request body: {}", other.body_text()),
+/// `application/json`, or any `application/…+json`, parameters aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
     };
-    AppError::BadRequest(message)
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// serde's messages name Rust types ("expected struct CreateBody", "expected
+/// u64"); a client should read JSON words instead.
+pub fn human(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("expected ") {
+        let (before, after) = rest.split_at(at + "expected ".len());
+        out.push_str(before);
+        let end = after.find([',', ' ', ')']).unwrap_or(after.len());
+        let (word, tail) = after.split_at(end);
+        let (replacement, tail) = match word {
+            "struct" | "map" => {
+                // "struct Name": drop the name as well.
+                let tail = tail.trim_start();
+                let name_end = tail.find([',', ' ', ')']).unwrap_or(tail.len());
+                let tail = if word == "struct" {
+                    &tail[name_end..]
+                } else {
+                    tail
+                };
+                ("a JSON object", tail)
+            }
+            "u8" | "u16" | "u32" | "u64" | "usize" => ("a non-negative integer", tail),
+            "i8" | "i16" | "i32" | "i64" | "isize" => ("an integer", tail),
+            "f32" | "f64" => ("a number", tail),
+            "a" if tail.starts_with(" sequence") => ("an array", &tail[" sequence".len()..]),
+            "a" if tail.starts_with(" map") => ("a JSON object", &tail[" map".len()..]),
+            _ => (word, tail),
+        };
+        out.push_str(replacement);
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `axum::extract::Query`, with rejections as 400 `bad_request`.
@@ -84,5 +139,46 @@ where
             .map_err(|e: PathRejection| {
                 AppError::BadRequest(format!("invalid path: {}", e.body_text()))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_speak_json() {
+        assert_eq!(
+            human("invalid type: sequence, expected struct CreateBody at line 1 column 2"),
+            "invalid type: sequence, expected a JSON object at line 1 column 2"
+        );
+        assert_eq!(
+            human("invalid type: string \"1\", expected u64"),
+            "invalid type: string \"1\", expected a non-negative integer"
+        );
+        assert_eq!(
+            human("invalid type: integer `1`, expected a string"),
+            "invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            human("invalid type: map, expected a sequence"),
+            "invalid type: map, expected an array"
+        );
+        assert_eq!(human("missing field `title`"), "missing field `title`");
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!is_json(&HeaderMap::new()));
     }
 }

@@ -10,6 +10,7 @@
 //! * [`cluster`]: Redis fan-out between instances sharing one PostgreSQL.
 //! * [`snapshot`]: the snapshot worker, in-process or as `collab worker`.
 //! * [`error`], [`extract`]: contract error bodies for every failure.
+//! * [`rate`]: the token buckets behind every per-connection budget.
 
 pub mod app;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod rate;
 pub mod rooms;
 mod routes;
 pub mod seed;

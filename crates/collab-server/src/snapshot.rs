@@ -620,6 +620,7 @@ pub fn rebuild(base: &SnapshotBase) -> Result<String, String> {
     let limits = DocumentLimits {
         max_chars: usize::MAX,
         history: 0,
+        ..DocumentLimits::default()
     };
     let mut doc = Document::new(Rope::from_str(&base.snapshot), base.snapshot_rev, limits);
     for op in &base.tail {

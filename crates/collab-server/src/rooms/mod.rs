@@ -13,7 +13,7 @@
 mod room;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub struct RoomConfig {
     /// client that cannot keep up is disconnected (it resumes) rather than
     /// allowed to stall its room.
     pub session_queue: usize,
+    /// The same bound in bytes, so a queue of large frames cannot pin
+    /// memory either.
+    pub session_queue_bytes: usize,
 }
 
 impl Default for RoomConfig {
@@ -51,6 +54,7 @@ impl Default for RoomConfig {
             idle: Duration::from_secs(300),
             queue: 256,
             session_queue: 1024,
+            session_queue_bytes: 4 << 20,
         }
     }
 }
@@ -80,6 +84,9 @@ pub enum RoomError {
     Rejected(#[from] SubmitError),
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// The sender has used up its share of the document's time; retry later.
+    #[error("this connection has used its share of the document's time; resend in a moment")]
+    RateLimited,
     /// The room unloaded while the command waited; [`Rooms`] retries these.
     #[error("room closed")]
     Closed,
@@ -147,7 +154,59 @@ pub struct JoinRequest {
     pub since: Option<u64>,
     /// Where the room sends this session's frames; closed by the room when
     /// the session must go (document deleted, too slow, server stopping).
-    pub outbound: mpsc::Sender<Frame>,
+    pub outbound: Outbox,
+}
+
+/// The room's end of one session's outbound queue, bounded in frames and
+/// in bytes. A frame that does not fit means the client is too slow: the
+/// room lets go of it instead of buffering without end.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<Frame>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The connection's end of the queue.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Frame>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// Queues `frame`; false when the queue is full. A frame larger than the
+    /// byte bound still goes through an empty queue.
+    pub fn push(&self, frame: Frame) -> bool {
+        let len = frame.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > self.max_bytes {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl Inbox {
+    /// The next frame; `None` once the room has let go of the session and
+    /// everything queued before that was taken.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let frame = self.rx.recv().await?;
+        self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+
+    /// A frame that is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
 }
 
 /// A joined session: its welcome, and its line to the room.
@@ -226,6 +285,10 @@ struct Shared {
     cluster: Option<ClusterLink>,
     next_generation: AtomicU64,
     next_session: AtomicU64,
+    /// Transforms too costly for an async worker thread run on the blocking
+    /// pool, this many at a time: all but one core, so the async threads
+    /// always keep one to answer everyone else.
+    heavy: tokio::sync::Semaphore,
     registry: Mutex<Registry>,
     /// Closed when every room task has ended (mini-redis's shutdown pattern):
     /// each room holds a sender clone, and the registry drops its own on shutdown.
@@ -258,6 +321,11 @@ impl Rooms {
                 cluster,
                 next_generation: AtomicU64::new(0),
                 next_session: AtomicU64::new(0),
+                heavy: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism()
+                        .map_or(1, |n| n.get().saturating_sub(1))
+                        .max(1),
+                ),
                 registry: Mutex::new(Registry {
                     rooms: HashMap::new(),
                     stop_guard: Some(stop_guard),
@@ -372,6 +440,19 @@ impl Rooms {
     /// Frames a session's outbound queue holds (see [`RoomConfig::session_queue`]).
     pub fn session_queue(&self) -> usize {
         self.shared.config.session_queue.max(1)
+    }
+
+    /// A session's outbound queue, bounded as [`RoomConfig::session_queue`]
+    /// and [`RoomConfig::session_queue_bytes`] say.
+    pub fn session_channel(&self) -> (Outbox, Inbox) {
+        let (tx, rx) = mpsc::channel(self.session_queue());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let outbox = Outbox {
+            tx,
+            queued: Arc::clone(&queued),
+            max_bytes: self.shared.config.session_queue_bytes.max(1),
+        };
+        (outbox, Inbox { rx, queued })
     }
 
     /// How many rooms are loaded now.

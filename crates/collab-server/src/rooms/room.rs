@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 
 use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
 use collab_ot::{
-    transform, Committed, Document, Operation, Peer, Rope, Side, SubmitError, Submitted,
+    transform, transform_steps, Committed, Document, OpError, Operation, Peer, Rope, Side,
+    SubmitError, Submitted,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
-use super::{Command, DocState, Frame, JoinRequest, Reply, RoomError, Shared, Submission};
+use super::{Command, DocState, Frame, JoinRequest, Outbox, Reply, RoomError, Shared, Submission};
 use crate::cluster::{ClusterMessage, ClusterOp};
 use crate::domain::DocumentId;
+use crate::rate::TokenBucket;
 use crate::store::{NewOp, StoreError, StoredOp};
 
 /// Most commands taken from the queue in one go. Bounds how long the first
@@ -29,6 +31,15 @@ const MAX_BATCH: usize = 64;
 /// How often a room of a cluster checks the log for ops it missed and sends
 /// its peers' presence heartbeats.
 const CLUSTER_TICK: Duration = Duration::from_secs(1);
+/// Transform work (components walked) done right on the room's task; about
+/// a millisecond. Costlier transforms run on the blocking pool.
+const INLINE_STEPS: u64 = 20_000;
+/// What reading one op back from the log costs, in transform steps: a row
+/// read and decoded is worth about this many components walked.
+const LOG_READ_STEPS: u64 = 100;
+/// How far behind the in-memory history an edit may be based, in multiples
+/// of the history window; the ops in between are read from the log.
+const LOG_REACH: u64 = 10;
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -38,6 +49,7 @@ pub(super) fn spawn(
     stop_guard: mpsc::Sender<()>,
 ) {
     let span = info_span!("room", document = %id, generation);
+    let work_per_second = shared.config.limits.max_transform_steps as f64;
     let room = Room {
         shared,
         id,
@@ -47,6 +59,8 @@ pub(super) fn spawn(
         staged: Vec::new(),
         answers: Vec::new(),
         sessions: HashMap::new(),
+        rest_work: TokenBucket::new(work_per_second),
+        orphan_peers: Vec::new(),
         gone: false,
         checkpoint: None,
         remote_peers: HashMap::new(),
@@ -91,10 +105,11 @@ enum Origin {
 /// An edit's outcome, answered once the staged ops are stored.
 #[derive(Debug)]
 enum Answer {
-    /// Newly committed: the next op of `staged`, in order. In a cluster the
-    /// submission is kept, to transform it again if another instance wins
-    /// the write.
-    Applied(Origin, Option<Submission>),
+    /// Newly committed: the next op of `staged`, in order. The submission
+    /// (as of the revision it was applied at) is kept until the write
+    /// succeeds, to submit it again: alone, when a batch failed to store,
+    /// or transformed past another instance's ops in a cluster.
+    Applied(Origin, Submission),
     /// Committed before, at `rev`.
     Duplicate(Origin, u64),
     /// A presence update, sent after the ops staged before it: its selection
@@ -105,7 +120,19 @@ enum Answer {
 /// A connected WebSocket session.
 struct Session {
     client_id: String,
-    outbound: mpsc::Sender<Frame>,
+    outbound: Outbox,
+    /// Transform work this session may still cause (its fair share of the
+    /// room's time).
+    work: TokenBucket,
+}
+
+/// What the engine made of an edit.
+enum Outcome {
+    /// Applied in memory (not yet stored), with the submission as it was
+    /// applied (based on the revision before it).
+    Applied(Committed, Submission),
+    /// Committed before, at this revision.
+    Duplicate(u64),
 }
 
 struct Room {
@@ -120,6 +147,12 @@ struct Room {
     /// Outcomes waiting for `staged` to be written, in the order they came.
     answers: Vec<Answer>,
     sessions: HashMap<u64, Session>,
+    /// Transform work REST edits to this document may still cause, shared
+    /// by all of them (a session has its own).
+    rest_work: TokenBucket,
+    /// Peers' presence from state dropped after a failed write, restored
+    /// when the document is loaded again.
+    orphan_peers: Vec<Peer>,
     /// The document does not exist (any more).
     gone: bool,
     /// In a cluster: the document as of the last write that succeeded, to
@@ -209,7 +242,7 @@ impl Room {
                 None,
             );
             for session in self.sessions.values() {
-                let _ = session.outbound.try_send(Arc::clone(&frame));
+                session.outbound.push(Arc::clone(&frame));
             }
         } else {
             self.snapshot().await;
@@ -282,17 +315,17 @@ impl Room {
 
     /// Runs an edit through the engine; its answer waits for the flush.
     async fn stage(&mut self, submission: Submission, origin: Origin) {
-        match self.apply(submission).await {
-            Ok((Submitted::Applied(committed), retry)) => {
+        match self.apply(submission, &origin).await {
+            Ok(Outcome::Applied(committed, submission)) => {
                 self.staged.push(NewOp {
                     rev: committed.rev,
                     op: committed.op,
                     client_id: committed.client_id,
                     seq: committed.seq,
                 });
-                self.answers.push(Answer::Applied(origin, retry));
+                self.answers.push(Answer::Applied(origin, submission));
             }
-            Ok((Submitted::Duplicate { rev }, _)) => {
+            Ok(Outcome::Duplicate(rev)) => {
                 self.answers.push(Answer::Duplicate(origin, rev));
             }
             // A refused op changed nothing, so it can be answered right away.
@@ -308,26 +341,21 @@ impl Room {
             Origin::Session { session, seq } => {
                 let (code, message) = session_error(&e);
                 self.send_to(session, error_frame(code, &message, Some(seq)));
-                if !code.is_recoverable() || matches!(e, RoomError::Store(_)) {
-                    // The client must start over on a fresh connection.
+                if !code.is_recoverable() {
                     self.drop_session(session, "its edit could not be taken");
                 }
             }
         }
     }
 
-    /// Runs a submission through the engine. In a cluster, an applied
-    /// outcome comes with the submission as the engine took it (moved past
-    /// the log when it was older than the window): what a rebase submits
-    /// again if another instance wins the write.
+    /// Runs a submission through the engine: exactly-once first, then the
+    /// transform to the current revision within the document's work bounds.
     async fn apply(
         &mut self,
         submission: Submission,
-    ) -> Result<(Submitted, Option<Submission>), RoomError> {
+        origin: &Origin,
+    ) -> Result<Outcome, RoomError> {
         self.ensure_loaded().await?;
-        let Some(doc) = self.doc.as_mut() else {
-            return Err(RoomError::NotFound);
-        };
         let Submission {
             client_id,
             seq,
@@ -335,69 +363,206 @@ impl Room {
             op,
         } = submission;
 
-        // Exactly once across restarts: memory only knows what was committed
-        // since this room loaded, so ask the log about a client it has not seen.
         if let (Some(client), Some(seq)) = (client_id.as_deref(), seq) {
-            if !doc.knows_client(client) {
-                if let Some(rev) = self
-                    .shared
-                    .store
-                    .find_committed(&self.id, client, seq)
-                    .await?
-                {
-                    doc.remember(client, seq, rev);
-                    return Ok((Submitted::Duplicate { rev }, None));
-                }
+            if let Some(rev) = self.duplicate(client, seq, base_rev, &op).await? {
+                return Ok(Outcome::Duplicate(rev));
             }
         }
-
-        // Older than the history in memory: the log holds the ops in
-        // between, so transform through them first (as the engine would have).
-        let (base_rev, op) = if base_rev < doc.oldest_rev() {
-            let oldest = doc.oldest_rev();
-            let reach = self.shared.config.limits.history as u64 * 10;
-            let behind = oldest - base_rev;
-            let missing = if behind <= reach {
-                self.shared
-                    .store
-                    .ops_since(&self.id, base_rev, behind as u32)
-                    .await?
-            } else {
-                Vec::new()
-            };
-            if missing.len() as u64 == behind {
-                let op = missing
-                    .iter()
-                    .fold(op, |op, m| transform(&op, &m.op, Side::Left));
-                (oldest, op)
-            } else {
-                (base_rev, op)
-            }
-        } else {
-            (base_rev, op)
-        };
-
-        let retry = self.shared.cluster.is_some().then(|| Submission {
+        let (base_rev, op) = self.bring_up_to_date(base_rev, op, origin).await?;
+        let doc = self.doc.as_mut().ok_or(RoomError::NotFound)?;
+        let kept = Submission {
             client_id: client_id.clone(),
             seq,
             base_rev,
             op: op.clone(),
-        });
-        match doc.submit(client_id.as_deref(), seq, base_rev, op) {
-            // Older than the history in memory: the log still knows.
+        };
+        match doc.submit(client_id.as_deref(), seq, base_rev, op)? {
+            Submitted::Applied(committed) => Ok(Outcome::Applied(committed, kept)),
+            Submitted::Duplicate { rev } => Ok(Outcome::Duplicate(rev)),
+        }
+    }
+
+    /// `Some(rev)` when `(client, seq)` was committed before, asking the log
+    /// about what memory does not hold (a client not seen since this room
+    /// loaded, or a seq older than the history window).
+    async fn duplicate(
+        &mut self,
+        client: &str,
+        seq: u64,
+        base_rev: u64,
+        op: &Operation,
+    ) -> Result<Option<u64>, RoomError> {
+        let doc = self.doc.as_mut().ok_or(RoomError::NotFound)?;
+        if !doc.knows_client(client) {
+            let found = self
+                .shared
+                .store
+                .find_committed(&self.id, client, seq)
+                .await?;
+            if let Some(rev) = found {
+                let doc = self.doc.as_mut().ok_or(RoomError::NotFound)?;
+                doc.remember(client, seq, rev);
+                return Ok(Some(rev));
+            }
+        }
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        match doc.duplicate(client, seq, base_rev, op) {
             Err(SubmitError::StaleSeq { seq: stale, last }) => {
-                let client = client_id.as_deref().unwrap_or_default();
                 match self
                     .shared
                     .store
                     .find_committed(&self.id, client, stale)
                     .await?
                 {
-                    Some(rev) => Ok((Submitted::Duplicate { rev }, None)),
+                    Some(rev) => Ok(Some(rev)),
                     None => Err(SubmitError::StaleSeq { seq: stale, last }.into()),
                 }
             }
-            other => Ok((other?, retry)),
+            other => Ok(other?),
+        }
+    }
+
+    /// Brings `op` from `base_rev` to the document's current revision (or
+    /// leaves a cheap transform to the engine), charging the work to whoever
+    /// sent it. Everything that can be checked without transforming is
+    /// checked first; a costly transform runs on the blocking pool, so one
+    /// document's expensive edit never holds an async worker thread.
+    async fn bring_up_to_date(
+        &mut self,
+        base_rev: u64,
+        op: Operation,
+        origin: &Origin,
+    ) -> Result<(u64, Operation), RoomError> {
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        // Moved only up to the last stored revision: the ops of the batch
+        // being built are left to the engine, so the submission stays valid
+        // if that batch fails or is rebased.
+        let stored = doc.rev() - self.staged.len() as u64;
+        let (mut ops, cost) = if base_rev >= doc.oldest_rev() {
+            let cost = doc.check_submission(base_rev, &op)?;
+            if cost <= INLINE_STEPS || base_rev >= stored {
+                self.charge(origin, cost)?;
+                return Ok((base_rev, op));
+            }
+            (doc.ops_after(base_rev).unwrap_or_default(), cost)
+        } else {
+            self.ops_from_log(base_rev, &op, origin).await?
+        };
+        self.charge(origin, cost)?;
+        ops.truncate((stored - base_rev) as usize);
+        let op = self.transform_past(op, ops, cost).await?;
+        Ok((stored, op))
+    }
+
+    /// The ops an edit older than the in-memory history must be transformed
+    /// past (read back from the log, then the history), and the cost. A
+    /// hopeless edit is refused before the log is read.
+    async fn ops_from_log(
+        &mut self,
+        base_rev: u64,
+        op: &Operation,
+        origin: &Origin,
+    ) -> Result<(Vec<Operation>, u64), RoomError> {
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        let limits = doc.limits();
+        let (rev, oldest) = (doc.rev(), doc.oldest_rev());
+        let reach = limits.history as u64 * LOG_REACH;
+        let out_of_range = SubmitError::RevOutOfRange {
+            rev: base_rev,
+            oldest: oldest.saturating_sub(reach),
+            current: rev,
+        };
+        let behind = oldest - base_rev;
+        if behind > reach {
+            return Err(out_of_range.into());
+        }
+        let components = op.components().len();
+        if components > limits.max_op_components {
+            return Err(SubmitError::TooComplex {
+                components,
+                max: limits.max_op_components,
+            }
+            .into());
+        }
+        let too_costly = |steps| SubmitError::TooFarBehind {
+            rev: base_rev,
+            steps,
+            max: limits.max_transform_steps,
+        };
+        // Every op in between costs a read and at least one step each side.
+        let floor = (rev - base_rev) * (components as u64 + 1) + behind * LOG_READ_STEPS;
+        if floor > limits.max_transform_steps {
+            return Err(too_costly(floor).into());
+        }
+        self.charge(origin, floor)?;
+        let missing = self
+            .shared
+            .store
+            .ops_since(&self.id, base_rev, behind as u32)
+            .await?;
+        if missing.len() as u64 != behind {
+            return Err(out_of_range.into());
+        }
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        // The document's length at `base_rev`, to check the edit against
+        // before paying for any transform.
+        let len_then = doc.len_at(oldest).unwrap_or_default() as i64
+            - missing.iter().map(|m| m.op.len_delta() as i64).sum::<i64>();
+        let needed = op.base_len();
+        if needed as i64 > len_then {
+            return Err(SubmitError::from(OpError::PastEnd {
+                needed,
+                len: len_then.max(0) as usize,
+            })
+            .into());
+        }
+        let mut ops: Vec<Operation> = missing.into_iter().map(|m| m.op).collect();
+        ops.extend(doc.ops_after(oldest).unwrap_or_default());
+        let steps = transform_steps(op, &ops) + behind * LOG_READ_STEPS;
+        if steps > limits.max_transform_steps {
+            return Err(too_costly(steps).into());
+        }
+        // The floor was charged already.
+        Ok((ops, steps - floor))
+    }
+
+    /// `op` transformed past `ops` in order (side `Left`, as the engine does).
+    async fn transform_past(
+        &self,
+        op: Operation,
+        ops: Vec<Operation>,
+        cost: u64,
+    ) -> Result<Operation, RoomError> {
+        let fold = move || {
+            ops.iter()
+                .fold(op, |op, other| transform(&op, other, Side::Left))
+        };
+        if cost <= INLINE_STEPS {
+            return Ok(fold());
+        }
+        let _permit = self.shared.heavy.acquire().await;
+        tokio::task::spawn_blocking(fold).await.map_err(|e| {
+            error!(error = %e, "transform task failed");
+            RoomError::from(SubmitError::from(OpError::Malformed(
+                "the operation could not be transformed".into(),
+            )))
+        })
+    }
+
+    /// Takes `cost` from the sender's share of the room's time.
+    fn charge(&mut self, origin: &Origin, cost: u64) -> Result<(), RoomError> {
+        let now = Instant::now();
+        let bucket = match origin {
+            Origin::Rest(_) => &mut self.rest_work,
+            Origin::Session { session, .. } => match self.sessions.get_mut(session) {
+                Some(s) => &mut s.work,
+                None => return Ok(()),
+            },
+        };
+        if bucket.try_take(cost as f64, now) {
+            Ok(())
+        } else {
+            Err(RoomError::RateLimited)
         }
     }
 
@@ -426,7 +591,7 @@ impl Room {
             Err(e) => {
                 self.staged.clear();
                 let answers = std::mem::take(&mut self.answers);
-                self.write_failed(e, answers);
+                self.write_failed(e, answers).await;
             }
         }
     }
@@ -443,7 +608,7 @@ impl Room {
         let answers = std::mem::take(&mut self.answers);
         let Some(mut doc) = self.checkpoint.clone() else {
             let e = StoreError::Corrupt("no stored state to rebase on".into());
-            return self.write_failed(e, answers);
+            return self.write_failed(e, answers).await;
         };
         let since = doc.rev();
         let mut unsent = Some(answers);
@@ -463,7 +628,8 @@ impl Room {
                 }
                 for answer in unsent.take().unwrap_or_default() {
                     match answer {
-                        Answer::Applied(origin, Some(s)) => {
+                        Answer::Applied(origin, s) => {
+                            let kept = s.clone();
                             match doc.submit(s.client_id.as_deref(), s.seq, s.base_rev, s.op) {
                                 Ok(Submitted::Applied(c)) => {
                                     rebased.staged.push(NewOp {
@@ -472,20 +638,13 @@ impl Room {
                                         client_id: c.client_id,
                                         seq: c.seq,
                                     });
-                                    // Written now (or never): no retry left.
-                                    rebased.answers.push(Answer::Applied(origin, None));
+                                    rebased.answers.push(Answer::Applied(origin, kept));
                                 }
                                 Ok(Submitted::Duplicate { rev }) => {
                                     rebased.answers.push(Answer::Duplicate(origin, rev));
                                 }
                                 Err(e) => rebased.refused.push((origin, e.into())),
                             }
-                        }
-                        // Kept in every clustered room; without it the edit
-                        // cannot be moved, so it is refused, not lost silently.
-                        Answer::Applied(origin, None) => {
-                            let e = StoreError::Conflict("the document changed; resend".into());
-                            rebased.refused.push((origin, e.into()));
                         }
                         other => rebased.answers.push(other),
                     }
@@ -510,7 +669,7 @@ impl Room {
             for (origin, refusal) in rebased.refused {
                 self.refuse_edit(origin, refusal);
             }
-            return self.write_failed(e, answers);
+            return self.write_failed(e, answers).await;
         }
         // Presence set since the last write lives in the state we rebased
         // away from: carry it over, moved past the other instances' ops.
@@ -585,29 +744,44 @@ impl Room {
         }
     }
 
-    /// The log refused the batch: nothing of it happened. Memory is now ahead
-    /// of the log, so forget it; sessions start over on fresh connections.
-    fn write_failed(&mut self, e: StoreError, answers: Vec<Answer>) {
-        self.doc = None;
+    /// The log refused the batch: nothing of it happened. Memory is ahead of
+    /// the log, so it is dropped (the next command reloads; peers' presence
+    /// is carried over). Nobody saw the batch's ops (broadcasts wait for the
+    /// write), so the sessions stay. Whose fault was it? With one edit in
+    /// the batch, or a store that cannot be reached, the edits are refused
+    /// (`unavailable`: resend). With several, each is submitted again and
+    /// stored on its own, so a failure caused by one submission fails that
+    /// submission alone.
+    async fn write_failed(&mut self, e: StoreError, answers: Vec<Answer>) {
+        if let Some(doc) = self.doc.take() {
+            self.orphan_peers = doc.peers().cloned().collect();
+        }
         if matches!(e, StoreError::NotFound) {
             self.gone = true;
         } else {
             error!(error = %e, "could not store ops; dropping in-memory state");
         }
+        let applied = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Applied(..)))
+            .count();
+        let isolate = applied > 1 && !self.gone && !matches!(e, StoreError::Unavailable(_));
         let e = RoomError::from(e);
         for answer in answers {
-            if let Answer::Applied(Origin::Rest(reply), _)
-            | Answer::Duplicate(Origin::Rest(reply), _) = answer
-            {
-                let _ = reply.send(Err(e.clone()));
+            match answer {
+                Answer::Applied(origin, submission) if isolate => {
+                    self.stage(submission, origin).await;
+                    Box::pin(self.flush()).await;
+                }
+                // A duplicate may name a revision of this very batch: the
+                // client resends and learns the truth.
+                Answer::Applied(origin, _) | Answer::Duplicate(origin, _) => {
+                    self.refuse_edit(origin, e.clone());
+                }
+                // Its selection counted positions in ops that are gone; the
+                // next presence update from that client is exact again.
+                Answer::Presence { .. } => {}
             }
-            // Presence updates go with the sessions, just below.
-        }
-        // A deleted document tells its sessions so as the room stops.
-        // Otherwise their view holds nothing unstored (broadcasts wait for
-        // the write), but their ops in flight were lost: they resume and resend.
-        if !self.gone {
-            self.sessions.clear();
         }
     }
 
@@ -670,6 +844,7 @@ impl Room {
             Session {
                 client_id,
                 outbound: request.outbound,
+                work: TokenBucket::new(self.shared.config.limits.max_transform_steps as f64),
             },
         );
         Ok(frame(&welcome))
@@ -744,7 +919,7 @@ impl Room {
             .sessions
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, s)| s.outbound.try_send(Arc::clone(frame)).is_err())
+            .filter(|(_, s)| !s.outbound.push(Arc::clone(frame)))
             .map(|(id, _)| *id)
             .collect();
         for session in slow {
@@ -756,7 +931,7 @@ impl Room {
         let failed = self
             .sessions
             .get(&session)
-            .is_some_and(|s| s.outbound.try_send(frame).is_err());
+            .is_some_and(|s| !s.outbound.push(frame));
         if failed {
             self.drop_session(session, "it cannot keep up");
         }
@@ -813,6 +988,9 @@ impl Room {
             "room loaded"
         );
         self.snapshot_rev = loaded.latest_snapshot_rev;
+        for peer in std::mem::take(&mut self.orphan_peers) {
+            doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+        }
         if let Some(cluster) = &self.shared.cluster {
             // Who is already here, connected to other instances.
             for peer in cluster.peers(&self.id).await {
@@ -864,13 +1042,18 @@ fn session_error(e: &RoomError) -> (ErrorCode, String) {
         RoomError::Rejected(SubmitError::RevOutOfRange { .. }) => ErrorCode::RevOutOfRange,
         RoomError::Rejected(SubmitError::InvalidOp(_)) => ErrorCode::InvalidOp,
         RoomError::Rejected(SubmitError::TooLarge { .. }) => ErrorCode::TooLarge,
-        RoomError::Rejected(SubmitError::StaleSeq { .. }) => ErrorCode::BadMessage,
+        RoomError::Rejected(SubmitError::StaleSeq { .. } | SubmitError::SeqReused { .. }) => {
+            ErrorCode::BadMessage
+        }
+        RoomError::Rejected(SubmitError::TooComplex { .. }) => ErrorCode::TooLarge,
+        RoomError::Rejected(SubmitError::TooFarBehind { .. }) => ErrorCode::RevOutOfRange,
+        RoomError::RateLimited => ErrorCode::RateLimited,
         RoomError::NotFound => ErrorCode::DocumentDeleted,
         RoomError::Store(_) | RoomError::Closed | RoomError::ShuttingDown => {
-            // Not the client's fault: it reconnects and resends.
+            // Not the client's fault: nothing was applied; it resends.
             return (
                 ErrorCode::Unavailable,
-                "the server could not store this edit; reconnect and resend".to_owned(),
+                "the server could not store this edit; resend it".to_owned(),
             );
         }
     };

@@ -94,6 +94,11 @@ pub async fn create(
         None => DocumentId::generate(),
     };
     let content = body.content.unwrap_or_default();
+    if content.contains('\0') {
+        return Err(AppError::InvalidContent(
+            "content must not contain U+0000 (NUL)".to_owned(),
+        ));
+    }
     let chars = content.chars().count();
     let max = state.limits.max_document_chars;
     if chars > max {
@@ -136,7 +141,7 @@ pub async fn list(
 ) -> Result<impl IntoResponse, AppError> {
     let limit = page_limit(params.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let offset = params.offset.unwrap_or(0);
-    check_i64("offset", offset)?;
+    check_safe("offset", offset)?;
     let (items, total) = state.store.list_documents(limit, offset).await?;
     let items: Vec<Summary> = items.into_iter().map(Summary::from).collect();
     Ok(axum::Json(
@@ -202,7 +207,7 @@ pub async fn list_ops(
     let id = known_id(&id)?;
     let limit = page_limit(params.limit, DEFAULT_OPS_PAGE, MAX_OPS_PAGE)?;
     let since = params.since.unwrap_or(0);
-    check_i64("since", since)?;
+    check_safe("since", since)?;
     if state.store.document(&id).await?.is_none() {
         return Err(AppError::NotFound);
     }
@@ -230,8 +235,12 @@ pub async fn submit_op(
     Json(body): Json<SubmitBody>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = known_id(&id)?;
-    let op: Operation = serde_json::from_value(body.op)
-        .map_err(|e| AppError::InvalidOp(format!("invalid operation: {e}")))?;
+    let op: Operation = serde_json::from_value(body.op).map_err(|e| {
+        AppError::InvalidOp(format!(
+            "invalid operation: {}",
+            crate::extract::human(&e.to_string())
+        ))
+    })?;
     let submission = Submission {
         client_id: None,
         seq: None,
@@ -271,9 +280,13 @@ fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, AppErro
     }
 }
 
-fn check_i64(name: &str, n: u64) -> Result<(), AppError> {
-    if i64::try_from(n).is_err() {
-        return Err(AppError::BadRequest(format!("{name} is too large")));
+/// Integers on the wire are at most 2^53 − 1, in queries as in bodies.
+fn check_safe(name: &str, n: u64) -> Result<(), AppError> {
+    if n > collab_ot::json::MAX_SAFE_INTEGER {
+        return Err(AppError::BadRequest(format!(
+            "{name} must be at most 2^53 - 1 ({})",
+            collab_ot::json::MAX_SAFE_INTEGER
+        )));
     }
     Ok(())
 }

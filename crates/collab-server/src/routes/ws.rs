@@ -1,9 +1,10 @@
 //! `GET /ws/documents/{id}`: one live editing session (wire contract §3).
 //!
 //! The connection task is a thin adapter: it parses frames with the engine's
-//! pure `parse_client_message`, enforces the per-connection limits, hands ops
-//! and presence to the document's room, and writes whatever the room queues
-//! for it. Everything about the document itself happens in the room.
+//! pure `parse_client_message`, enforces the per-connection limits (ops per
+//! second, presence coalescing, message size, keepalive), hands ops and
+//! presence to the document's room, and writes whatever the room queues for
+//! it. Everything about the document itself happens in the room.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,19 +12,24 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use collab_ot::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage};
+use collab_ot::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage, User};
 use futures_util::SinkExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info_span, Instrument};
 
 use crate::app::AppState;
 use crate::domain::{ClientId, DocumentId};
-use crate::rooms::{Frame, JoinRequest, Joined, RoomError};
+use crate::rate::TokenBucket;
+use crate::rooms::{Frame, Inbox, JoinRequest, Joined, RoomError, SessionLink};
 
 /// Close code 1012 "service restart": the server is stopping; reconnect.
 const CLOSE_RESTART: u16 = 1012;
 /// Close code 1008 "policy violation", after a refusing error frame.
 const CLOSE_POLICY: u16 = 1008;
+/// Close code 1001 "going away": the peer went silent (no pong).
+const CLOSE_IDLE: u16 = 1001;
+/// Close code 1009 "message too big", after a frame beyond the hard cap.
+const CLOSE_TOO_BIG: u16 = 1009;
 /// How long one frame may take to reach a client before it is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most frames written with one flush.
@@ -81,7 +87,7 @@ impl Connection {
         };
         let span = info_span!("session", client = %client_id.as_str());
         async move {
-            let (outbound, rx) = mpsc::channel(conn.state.rooms.session_queue());
+            let (outbound, rx) = conn.state.rooms.session_channel();
             let request = JoinRequest {
                 client_id,
                 since,
@@ -106,14 +112,22 @@ impl Connection {
         .await
     }
 
-    async fn serve(mut self, joined: Joined, mut outbound: mpsc::Receiver<Frame>) {
+    async fn serve(mut self, joined: Joined, mut outbound: Inbox) {
         let Joined { welcome, link } = joined;
         if self.send(welcome).await.is_err() {
             return link.leave().await;
         }
         let limits = self.state.limits;
-        let mut rate = RateLimit::new(limits.max_ops_per_second);
+        let mut ops = TokenBucket::new(f64::from(limits.max_ops_per_second));
+        let mut presence = Coalesced::new(limits.max_presence_per_second);
+        // Keepalive: a peer silent for half the idle time is pinged, one
+        // silent for all of it (no pong either) is gone.
+        let mut heard = Instant::now();
+        let half = limits.ws_idle / 2;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = presence.due();
             tokio::select! {
                 frame = outbound.recv() => match frame {
                     Some(frame) => {
@@ -128,6 +142,7 @@ impl Connection {
                     }
                 },
                 message = self.socket.recv() => {
+                    heard = Instant::now();
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => {
@@ -142,8 +157,13 @@ impl Connection {
                         Some(Err(e)) => {
                             // Beyond even the hard cap, or a broken socket.
                             debug!(error = %e, "socket error");
-                            let reply = error(ErrorCode::TooLarge, "message too large", None);
-                            let _ = self.send(reply).await;
+                            let message = format!(
+                                "message too large: the limit is {} bytes",
+                                limits.max_message_bytes
+                            );
+                            if self.send(error(ErrorCode::TooLarge, &message, None)).await.is_ok() {
+                                self.close(CLOSE_TOO_BIG, "message too large").await;
+                            }
                             break;
                         }
                     };
@@ -161,7 +181,7 @@ impl Connection {
                     let sent = match parse_client_message(&text) {
                         Err(refused) => self.send(refused.to_message().to_json().into()).await,
                         Ok(ClientMessage::Op { rev, seq, op }) => {
-                            if rate.allow(Instant::now()) {
+                            if ops.try_take(1.0, Instant::now()) {
                                 if link.submit(seq, rev, op).await.is_err() {
                                     // The room has ended: deliver its last words.
                                     self.drain(&mut outbound).await;
@@ -177,8 +197,8 @@ impl Connection {
                             }
                         }
                         Ok(ClientMessage::Presence { selection, user }) => {
-                            let user = user.map(|u| serde_json::to_value(u).unwrap_or_default());
-                            if link.presence(selection, user).await.is_err() {
+                            presence.set(selection, user);
+                            if presence.forward_now(&link).await.is_err() {
                                 self.drain(&mut outbound).await;
                                 break;
                             }
@@ -189,6 +209,23 @@ impl Connection {
                         break;
                     }
                 },
+                () = sleep_until(due), if due.is_some() => {
+                    if presence.forward_now(&link).await.is_err() {
+                        self.drain(&mut outbound).await;
+                        break;
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let silent = heard.elapsed();
+                    if silent >= limits.ws_idle {
+                        debug!(?silent, "closing a silent connection");
+                        self.close(CLOSE_IDLE, "no answer to pings").await;
+                        break;
+                    }
+                    if silent >= half && self.ping().await.is_err() {
+                        break;
+                    }
+                }
                 _ = self.closing.changed() => {
                     self.close(CLOSE_RESTART, "server restarting").await;
                     break;
@@ -204,6 +241,14 @@ impl Connection {
         self.close(CLOSE_POLICY, "refused").await;
     }
 
+    async fn ping(&mut self) -> Result<(), ()> {
+        let ping = self.socket.send(Message::Ping(Default::default()));
+        match tokio::time::timeout(WRITE_TIMEOUT, ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(()),
+        }
+    }
+
     /// Sends one frame. A client that does not read for `WRITE_TIMEOUT`
     /// is given up on, so it cannot pin its queue and task forever.
     async fn send(&mut self, frame: Frame) -> Result<(), ()> {
@@ -217,18 +262,14 @@ impl Connection {
     /// Sends `first` and whatever else is already queued, with one flush:
     /// under load a connection wakes once and writes many frames in one
     /// syscall, instead of one wake-up and one write per frame.
-    async fn send_queued(
-        &mut self,
-        first: Frame,
-        outbound: &mut mpsc::Receiver<Frame>,
-    ) -> Result<(), ()> {
+    async fn send_queued(&mut self, first: Frame, outbound: &mut Inbox) -> Result<(), ()> {
         let socket = &mut self.socket;
         let write = async move {
             socket.feed(text(first)).await?;
             for _ in 1..MAX_WRITE_BATCH {
                 match outbound.try_recv() {
-                    Ok(frame) => socket.feed(text(frame)).await?,
-                    Err(_) => break,
+                    Some(frame) => socket.feed(text(frame)).await?,
+                    None => break,
                 }
             }
             socket.flush().await
@@ -240,7 +281,7 @@ impl Connection {
     }
 
     /// Sends what the room queued before it let go of this session.
-    async fn drain(&mut self, outbound: &mut mpsc::Receiver<Frame>) {
+    async fn drain(&mut self, outbound: &mut Inbox) {
         while let Some(frame) = outbound.recv().await {
             if self.send(frame).await.is_err() {
                 return;
@@ -317,33 +358,58 @@ fn error(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
     .into()
 }
 
-/// A token bucket: `per_second` ops a second, in bursts of up to as many.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl RateLimit {
+/// A connection's presence, coalesced: only the latest selection matters,
+/// so updates beyond the per-second budget are merged and the result passed
+/// on when the budget allows, never refused and never queued up.
+struct Coalesced {
+    bucket: TokenBucket,
+    pending: Option<(Option<[usize; 2]>, Option<User>)>,
+    due: Option<Instant>,
+}
+
+impl Coalesced {
     fn new(per_second: u32) -> Self {
-        let per_second = f64::from(per_second.max(1));
-        RateLimit {
-            per_second,
-            tokens: per_second,
-            last: Instant::now(),
+        Coalesced {
+            bucket: TokenBucket::new(f64::from(per_second)),
+            pending: None,
+            due: None,
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now;
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.per_second);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+    /// Records an update; a `user` is kept until a later one replaces it.
+    fn set(&mut self, selection: Option<[usize; 2]>, user: Option<User>) {
+        let user = user.or_else(|| self.pending.take().and_then(|(_, u)| u));
+        self.pending = Some((selection, user));
+    }
+
+    /// When a held-back update may go out.
+    fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Passes the pending update to the room if the budget allows, or
+    /// schedules it for when it will.
+    async fn forward_now(&mut self, link: &SessionLink) -> Result<(), crate::rooms::RoomGone> {
+        let now = Instant::now();
+        if self.pending.is_none() {
+            self.due = None;
+            return Ok(());
         }
+        if !self.bucket.try_take(1.0, now) {
+            self.due = Some(self.bucket.next_token_at(now));
+            return Ok(());
+        }
+        self.due = None;
+        let (selection, user) = self.pending.take().expect("checked above");
+        let user = user.map(|u| serde_json::to_value(u).unwrap_or_default());
+        link.presence(selection, user).await
     }
 }
 
@@ -352,15 +418,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limit_refills_over_time() {
-        let start = Instant::now();
-        let mut rate = RateLimit::new(2);
-        rate.last = start;
-        assert!(rate.allow(start));
-        assert!(rate.allow(start));
-        assert!(!rate.allow(start));
-        assert!(rate.allow(start + Duration::from_millis(500)));
-        assert!(!rate.allow(start + Duration::from_millis(500)));
+    fn coalesced_presence_keeps_the_latest_selection_and_the_last_user() {
+        let mut p = Coalesced::new(1);
+        let user = User {
+            name: "A".into(),
+            color: "#f00".into(),
+        };
+        p.set(Some([1, 1]), Some(user.clone()));
+        p.set(Some([2, 2]), None);
+        assert_eq!(p.pending, Some((Some([2, 2]), Some(user))));
+        p.set(None, None);
+        assert_eq!(p.pending.as_ref().map(|(s, _)| *s), Some(None));
     }
 
     #[test]
