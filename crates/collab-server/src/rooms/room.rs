@@ -126,7 +126,9 @@ struct Session {
     work: TokenBucket,
 }
 
-/// What the engine made of an edit.
+/// What the engine made of an edit. Lives for one call; boxing the large
+/// variant would cost an allocation per keystroke.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// Applied in memory (not yet stored), with the submission as it was
     /// applied (based on the revision before it).
