@@ -95,6 +95,8 @@ export function describeError(code, fallback) {
       return 'That change is too large: the document would exceed the size limit. It was not saved.';
     case 'rate_limited':
       return 'Too many changes too quickly: the server is slowing this page down. Your edits will be retried.';
+    case 'unavailable':
+      return 'The server could not save a change just now. It will be retried.';
     case 'invalid_op':
       return 'The server refused a change from this page. The document was reloaded.';
     case 'rev_out_of_range':
@@ -539,8 +541,9 @@ export class CollabClient extends EventTarget {
       return;
     }
     if (!ours) return;
-    if (code === 'rate_limited') {
-      // Not applied: send the same op (same seq) again a little later.
+    if (code === 'rate_limited' || code === 'unavailable') {
+      // Not applied (too fast, or the server could not store it right now):
+      // send the same op (same seq) again a little later.
       this._retryDelay = Math.min(5000, this._retryDelay ? this._retryDelay * 2 : 250);
       clearTimeout(this._retryTimer);
       this._retryTimer = setTimeout(() => {

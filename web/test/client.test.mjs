@@ -244,6 +244,21 @@ test('rate_limited: the same op is retried later', async () => {
   a.close();
 });
 
+test('unavailable: the edit is kept and resent, not dropped', async () => {
+  const server = new FakeServer({ content: 'ab' });
+  const a = client(server);
+  await server.until(() => a.content !== null, 'welcome');
+  const errors = events(a, 'error');
+  let n = 0;
+  server.hooks.onOp = () => (++n === 1 ? { error: 'unavailable' } : undefined);
+  insertAt(a, 2, 'c');
+  await server.until(() => a.pending === 0, 'resent');
+  assert.equal(server.content, 'abc');
+  assert.equal(a.content, 'abc');
+  assert.equal(errors[0].code, 'unavailable');
+  a.close();
+});
+
 test('a refused op (too_large) is dropped and the server copy restored', async () => {
   const server = new FakeServer({ content: 'keep' });
   const a = client(server);

@@ -69,8 +69,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// serde's messages name Rust types ("expected struct CreateBody", "expected
 /// u64"); a client should read JSON words instead.
 pub fn human(message: &str) -> String {
+    let message = message
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: object");
     let mut out = String::with_capacity(message.len());
-    let mut rest = message;
+    let mut rest = message.as_str();
     while let Some(at) = rest.find("expected ") {
         let (before, after) = rest.split_at(at + "expected ".len());
         out.push_str(before);
@@ -150,7 +153,7 @@ mod tests {
     fn serde_messages_speak_json() {
         assert_eq!(
             human("invalid type: sequence, expected struct CreateBody at line 1 column 2"),
-            "invalid type: sequence, expected a JSON object at line 1 column 2"
+            "invalid type: array, expected a JSON object at line 1 column 2"
         );
         assert_eq!(
             human("invalid type: string \"1\", expected u64"),
@@ -162,7 +165,7 @@ mod tests {
         );
         assert_eq!(
             human("invalid type: map, expected a sequence"),
-            "invalid type: map, expected an array"
+            "invalid type: object, expected an array"
         );
         assert_eq!(human("missing field `title`"), "missing field `title`");
     }

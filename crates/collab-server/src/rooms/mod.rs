@@ -543,3 +543,44 @@ impl LiveContent for Rooms {
         self.read_if_loaded(id).await.map(|d| (d.rev, d.content))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(frames: usize, max_bytes: usize) -> (Outbox, Inbox) {
+        let (tx, rx) = mpsc::channel(frames);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let outbox = Outbox {
+            tx,
+            queued: Arc::clone(&queued),
+            max_bytes,
+        };
+        (outbox, Inbox { rx, queued })
+    }
+
+    fn frame(bytes: usize) -> Frame {
+        "x".repeat(bytes).into()
+    }
+
+    #[test]
+    fn outbound_queues_are_bounded_in_bytes_and_frames() {
+        let (out, mut inbox) = outbox(8, 100);
+        assert!(out.push(frame(60)));
+        assert!(out.push(frame(40)));
+        assert!(!out.push(frame(1)), "101 bytes queued");
+        assert_eq!(inbox.try_recv().map(|f| f.len()), Some(60));
+        assert!(out.push(frame(60)));
+        assert!(!out.push(frame(1)));
+        while inbox.try_recv().is_some() {}
+        // An empty queue takes one frame larger than the bound.
+        assert!(out.push(frame(500)));
+        assert!(!out.push(frame(1)));
+        assert!(inbox.try_recv().is_some());
+        for _ in 0..8 {
+            assert!(out.push(frame(1)));
+        }
+        assert!(!out.push(frame(1)), "nine frames in a queue of eight");
+        assert_eq!(inbox.queued.load(Ordering::Relaxed), 8);
+    }
+}

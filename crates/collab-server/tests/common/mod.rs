@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unused_macros)] // each test binary uses a different part of this
 
+pub mod ws;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
