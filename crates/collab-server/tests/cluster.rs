@@ -1,5 +1,5 @@
 //! Several `collab serve` processes on one PostgreSQL database and one Redis
-//! serve the same document together (issue 7): edits from clients spread
+//! serve the same document together: edits from clients spread
 //! over three instances converge into one gap-free history that reads the
 //! same through every instance; a SIGKILLed instance's clients resume on a
 //! survivor (through a proxy standing in for a load balancer) without losing
