@@ -451,9 +451,9 @@ impl Room {
             self.ops_from_log(base_rev, &op, origin).await?
         };
         self.charge(origin, cost)?;
-        ops.truncate((stored - base_rev) as usize);
+        ops.truncate(stored.saturating_sub(base_rev) as usize);
         let op = self.transform_past(op, ops, cost).await?;
-        Ok((stored, op))
+        Ok((stored.max(base_rev), op))
     }
 
     /// The ops an edit older than the in-memory history must be transformed
