@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,10 +17,11 @@ use tracing::Level;
 use crate::cluster::{self, ClusterLink};
 use crate::config::Config;
 use crate::error::AppError;
+use crate::origin::{self, AllowedOrigins};
 use crate::rooms::Rooms;
-use crate::routes;
 use crate::snapshot::{SnapshotStats, SnapshotWorker};
 use crate::store::{self, DocumentStore, StoreError};
+use crate::{listener, routes};
 
 /// What every request handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -141,11 +141,16 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_message_bytes;
+    let allowed = AllowedOrigins::new(&state.edge.allowed_origins);
     routes::router()
         // Unknown paths and methods get the contract's error body too.
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(origin::cors(allowed.clone()))
+        // Outside CORS, so a foreign origin's preflight is refused too
+        // instead of being answered without CORS headers.
+        .layer(axum::middleware::from_fn_with_state(allowed, origin::check))
         // One INFO line per request, so the default log level shows traffic.
         .layer(
             TraceLayer::new_for_http()
@@ -181,20 +186,12 @@ pub async fn run(
         // WebSocket sessions never finish by themselves: tell them to close.
         let _ = closing_tx.send(true);
     };
+    let edge = state.edge.clone();
     let app = router(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    // Small frames must leave at once: Nagle's algorithm meeting the peer's
-    // delayed ACK would add ~40 ms to edits.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = listener::serve(listener, app, &edge, shutdown).await;
     // Rooms first: each writes its unload snapshot, so the worker's final
     // pass finds little left to do.
     rooms.shutdown().await;

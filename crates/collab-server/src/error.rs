@@ -45,6 +45,19 @@ pub enum AppError {
     InvalidContent(String),
     #[error("{0}")]
     RateLimited(String),
+    /// Not allowed, whatever the request asks: e.g. it comes from a web
+    /// origin that may not use the server.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The HTTP parser gave up on a request target this long (414).
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// The HTTP parser gave up on request headers this large (431).
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
+    /// A new connection while the server-wide cap is reached; worth a retry.
+    #[error("the server has too many open connections; retry later")]
+    TooManyConnections,
     /// The store cannot be reached or the server is stopping; worth a retry.
     #[error("service unavailable")]
     Unavailable(#[source] Option<Arc<StoreError>>),
@@ -63,12 +76,17 @@ impl AppError {
                 StatusCode::CONFLICT
             }
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UriTooLong => StatusCode::URI_TOO_LONG,
+            AppError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::InvalidTitle(_)
             | AppError::InvalidId(_)
             | AppError::InvalidOp(_)
             | AppError::InvalidContent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Unavailable(_) | AppError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,7 +97,7 @@ impl AppError {
             AppError::NotFound | AppError::NoRoute => "not_found",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Conflict(_) => "conflict",
-            AppError::TooLarge(_) => "too_large",
+            AppError::TooLarge(_) | AppError::UriTooLong | AppError::HeadersTooLarge => "too_large",
             AppError::InvalidTitle(_) => "invalid_title",
             AppError::InvalidId(_) => "invalid_id",
             AppError::InvalidOp(_) => "invalid_op",
@@ -87,9 +105,15 @@ impl AppError {
             AppError::StaleSeq(_) => "stale_seq",
             AppError::InvalidContent(_) => "invalid_content",
             AppError::RateLimited(_) => "rate_limited",
-            AppError::Unavailable(_) => "unavailable",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::Unavailable(_) | AppError::TooManyConnections => "unavailable",
             AppError::Internal(_) => "internal",
         }
+    }
+
+    /// The contract's error body for this error.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code(), "message": self.to_string()}})
     }
 }
 
@@ -102,8 +126,7 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        (self.status(), Json(body)).into_response()
+        (self.status(), Json(self.body())).into_response()
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! * [`config`], [`telemetry`], [`cli`]: how the process is set up.
 //! * [`app`]: shared state, router and [`run`], the server loop.
+//! * `listener`: the accept loop under [`run`]: header timeout, connection
+//!   caps, contract bodies for requests hyper cannot parse.
+//! * `origin`: which web origins may use the server (the `Origin` check, CORS).
 //! * `routes`: the REST API and the WebSocket endpoint of the wire contract,
 //!   and the browser editor's pages.
 //! * [`rooms`]: one task per open document, owning its `collab_ot::Document`.
@@ -19,6 +22,8 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+mod listener;
+mod origin;
 pub mod rate;
 pub mod rooms;
 mod routes;
