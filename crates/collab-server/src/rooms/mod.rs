@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use collab_ot::{DocumentLimits, Operation, SubmitError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cluster::{ClusterLink, ClusterMessage};
 use crate::domain::{ClientId, DocumentId};
@@ -165,6 +165,9 @@ pub struct Outbox {
     tx: mpsc::Sender<Frame>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Dropped with the outbox: tells the connection at once that the room
+    /// let go of it, even while it is stuck writing to a full socket.
+    _held: watch::Sender<()>,
 }
 
 /// The connection's end of the queue.
@@ -172,23 +175,39 @@ pub struct Outbox {
 pub struct Inbox {
     rx: mpsc::Receiver<Frame>,
     queued: Arc<AtomicUsize>,
+    held: watch::Receiver<()>,
+}
+
+/// Why a frame could not be queued for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: the client is not keeping up.
+    Full,
+    /// The connection has already ended.
+    Closed,
 }
 
 impl Outbox {
-    /// Queues `frame`; false when the queue is full. A frame larger than the
-    /// byte bound still goes through an empty queue.
-    pub fn push(&self, frame: Frame) -> bool {
+    /// Queues `frame`. A frame larger than the byte bound still goes
+    /// through an empty queue.
+    pub fn push(&self, frame: Frame) -> Result<(), Refused> {
         let len = frame.len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
         if before > 0 && before + len > self.max_bytes {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
+            return Err(if self.tx.is_closed() {
+                Refused::Closed
+            } else {
+                Refused::Full
+            });
         }
-        if self.tx.try_send(frame).is_err() {
+        self.tx.try_send(frame).map_err(|e| {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
-        true
+            match e {
+                mpsc::error::TrySendError::Full(_) => Refused::Full,
+                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+            }
+        })
     }
 }
 
@@ -206,6 +225,14 @@ impl Inbox {
         let frame = self.rx.try_recv().ok()?;
         self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
         Some(frame)
+    }
+
+    /// Resolves once the room has let go of this session, whatever is
+    /// still queued: for a connection to stop waiting on a client that has
+    /// stopped reading.
+    pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut held = self.held.clone();
+        async move { while held.changed().await.is_ok() {} }
     }
 }
 
@@ -447,12 +474,14 @@ impl Rooms {
     pub fn session_channel(&self) -> (Outbox, Inbox) {
         let (tx, rx) = mpsc::channel(self.session_queue());
         let queued = Arc::new(AtomicUsize::new(0));
+        let (held_tx, held) = watch::channel(());
         let outbox = Outbox {
             tx,
             queued: Arc::clone(&queued),
             max_bytes: self.shared.config.session_queue_bytes.max(1),
+            _held: held_tx,
         };
-        (outbox, Inbox { rx, queued })
+        (outbox, Inbox { rx, queued, held })
     }
 
     /// How many rooms are loaded now.
@@ -551,12 +580,14 @@ mod tests {
     fn outbox(frames: usize, max_bytes: usize) -> (Outbox, Inbox) {
         let (tx, rx) = mpsc::channel(frames);
         let queued = Arc::new(AtomicUsize::new(0));
+        let (held_tx, held) = watch::channel(());
         let outbox = Outbox {
             tx,
             queued: Arc::clone(&queued),
             max_bytes,
+            _held: held_tx,
         };
-        (outbox, Inbox { rx, queued })
+        (outbox, Inbox { rx, queued, held })
     }
 
     fn frame(bytes: usize) -> Frame {
@@ -566,21 +597,44 @@ mod tests {
     #[test]
     fn outbound_queues_are_bounded_in_bytes_and_frames() {
         let (out, mut inbox) = outbox(8, 100);
-        assert!(out.push(frame(60)));
-        assert!(out.push(frame(40)));
-        assert!(!out.push(frame(1)), "101 bytes queued");
+        assert_eq!(out.push(frame(60)), Ok(()));
+        assert_eq!(out.push(frame(40)), Ok(()));
+        assert_eq!(out.push(frame(1)), Err(Refused::Full), "101 bytes queued");
         assert_eq!(inbox.try_recv().map(|f| f.len()), Some(60));
-        assert!(out.push(frame(60)));
-        assert!(!out.push(frame(1)));
+        assert_eq!(out.push(frame(60)), Ok(()));
+        assert_eq!(out.push(frame(1)), Err(Refused::Full));
         while inbox.try_recv().is_some() {}
         // An empty queue takes one frame larger than the bound.
-        assert!(out.push(frame(500)));
-        assert!(!out.push(frame(1)));
+        assert_eq!(out.push(frame(500)), Ok(()));
+        assert_eq!(out.push(frame(1)), Err(Refused::Full));
         assert!(inbox.try_recv().is_some());
         for _ in 0..8 {
-            assert!(out.push(frame(1)));
+            assert_eq!(out.push(frame(1)), Ok(()));
         }
-        assert!(!out.push(frame(1)), "nine frames in a queue of eight");
+        assert_eq!(
+            out.push(frame(1)),
+            Err(Refused::Full),
+            "nine frames in eight"
+        );
         assert_eq!(inbox.queued.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_told_apart_and_a_released_one_hears_at_once() {
+        let (out, inbox) = outbox(8, 100);
+        drop(inbox);
+        assert_eq!(out.push(frame(1)), Err(Refused::Closed));
+
+        let (out, mut inbox) = outbox(8, 100);
+        assert_eq!(out.push(frame(1)), Ok(()));
+        let released = tokio::spawn(inbox.released());
+        drop(out);
+        tokio::time::timeout(std::time::Duration::from_secs(10), released)
+            .await
+            .expect("released resolves when the room lets go")
+            .unwrap();
+        // What was queued before is still delivered.
+        assert!(inbox.recv().await.is_some());
+        assert!(inbox.recv().await.is_none());
     }
 }

@@ -19,7 +19,9 @@ use collab_ot::{
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
-use super::{Command, DocState, Frame, JoinRequest, Outbox, Reply, RoomError, Shared, Submission};
+use super::{
+    Command, DocState, Frame, JoinRequest, Outbox, Refused, Reply, RoomError, Shared, Submission,
+};
 use crate::cluster::{ClusterMessage, ClusterOp};
 use crate::domain::DocumentId;
 use crate::rate::TokenBucket;
@@ -244,7 +246,7 @@ impl Room {
                 None,
             );
             for session in self.sessions.values() {
-                session.outbound.push(Arc::clone(&frame));
+                let _ = session.outbound.push(Arc::clone(&frame));
             }
         } else {
             self.snapshot().await;
@@ -881,9 +883,15 @@ impl Room {
     }
 
     fn leave(&mut self, session: u64) {
-        let Some(gone) = self.sessions.remove(&session) else {
-            return;
-        };
+        if let Some(frame) = self.remove_session(session) {
+            self.broadcast(&frame, None);
+        }
+    }
+
+    /// Forgets a session; the `leave` frame to broadcast when that was the
+    /// client's last connection and others could see it.
+    fn remove_session(&mut self, session: u64) -> Option<Frame> {
+        let gone = self.sessions.remove(&session)?;
         debug!(session, client = %gone.client_id, "session left");
         // The same client may still be here on another connection.
         if self
@@ -891,56 +899,69 @@ impl Room {
             .values()
             .any(|s| s.client_id == gone.client_id)
         {
-            return;
+            return None;
         }
-        let left = self
-            .doc
-            .as_mut()
-            .and_then(|doc| doc.remove_peer(&gone.client_id));
-        if left.is_some() {
-            if let Some(cluster) = &self.shared.cluster {
-                cluster.publish(
-                    &self.id,
-                    &ClusterMessage::Leave {
-                        from: cluster.instance().to_owned(),
-                        client_id: gone.client_id.clone(),
-                    },
-                );
-            }
-            let frame = frame(&ServerMessage::Leave {
-                client_id: gone.client_id,
-            });
-            self.broadcast(&frame, None);
+        self.doc.as_mut()?.remove_peer(&gone.client_id)?;
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.publish(
+                &self.id,
+                &ClusterMessage::Leave {
+                    from: cluster.instance().to_owned(),
+                    client_id: gone.client_id.clone(),
+                },
+            );
         }
+        Some(frame(&ServerMessage::Leave {
+            client_id: gone.client_id,
+        }))
     }
 
-    /// Sends to every session but `except`; a session whose queue is full is
-    /// disconnected instead of slowing everyone down.
+    /// Sends to every session but `except`. A session whose queue is full is
+    /// let go of instead of slowing everyone down; one whose connection has
+    /// already ended is forgotten quietly. The `leave` frames this causes are
+    /// broadcast in turn, in a loop rather than by recursion, so a crowd
+    /// leaving at once costs one pass per round, never a deep stack.
     fn broadcast(&mut self, frame: &Frame, except: Option<u64>) {
-        let slow: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, s)| !s.outbound.push(Arc::clone(frame)))
-            .map(|(id, _)| *id)
-            .collect();
-        for session in slow {
-            self.drop_session(session, "it cannot keep up");
+        let mut pending = vec![(Arc::clone(frame), except)];
+        while let Some((frame, except)) = pending.pop() {
+            let failed: Vec<(u64, Refused)> = self
+                .sessions
+                .iter()
+                .filter(|(id, _)| Some(**id) != except)
+                .filter_map(|(id, s)| {
+                    let refused = s.outbound.push(Arc::clone(&frame)).err()?;
+                    Some((*id, refused))
+                })
+                .collect();
+            for (session, refused) in failed {
+                pending.extend(self.let_go(session, refused).map(|leave| (leave, None)));
+            }
         }
     }
 
     fn send_to(&mut self, session: u64, frame: Frame) {
-        let failed = self
+        let refused = self
             .sessions
             .get(&session)
-            .is_some_and(|s| !s.outbound.push(frame));
-        if failed {
-            self.drop_session(session, "it cannot keep up");
+            .and_then(|s| s.outbound.push(frame).err());
+        if let Some(refused) = refused {
+            if let Some(leave) = self.let_go(session, refused) {
+                self.broadcast(&leave, None);
+            }
         }
     }
 
-    /// Ends a session from the room's side: its connection closes and the
-    /// client resumes on a new one.
+    /// Ends a session from the room's side (its connection closes and the
+    /// client resumes on a new one); the `leave` frame to broadcast, if any.
+    fn let_go(&mut self, session: u64, why: Refused) -> Option<Frame> {
+        match why {
+            Refused::Full => warn!(session, "disconnecting a session that cannot keep up"),
+            Refused::Closed => debug!(session, "forgetting a session whose connection ended"),
+        }
+        self.remove_session(session)
+    }
+
+    /// Ends a session from the room's side for a reason of the room's.
     fn drop_session(&mut self, session: u64, why: &str) {
         warn!(session, why, "disconnecting a session");
         self.leave(session);

@@ -34,6 +34,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most frames written with one flush.
 const MAX_WRITE_BATCH: usize = 64;
+/// How long a write may still take once the room has let go of the session
+/// (a reading client's last frames go out well within it).
+const RELEASE_GRACE: Duration = Duration::from_secs(1);
 /// How long to wait for the client's half of the closing handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -261,8 +264,11 @@ impl Connection {
 
     /// Sends `first` and whatever else is already queued, with one flush:
     /// under load a connection wakes once and writes many frames in one
-    /// syscall, instead of one wake-up and one write per frame.
+    /// syscall, instead of one wake-up and one write per frame. A write
+    /// still stuck a moment after the room let go of this session (it was
+    /// too slow) is abandoned then, not after the whole write timeout.
     async fn send_queued(&mut self, first: Frame, outbound: &mut Inbox) -> Result<(), ()> {
+        let released = outbound.released();
         let socket = &mut self.socket;
         let write = async move {
             socket.feed(text(first)).await?;
@@ -274,9 +280,16 @@ impl Connection {
             }
             socket.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(()),
+        let given_up = async {
+            released.await;
+            tokio::time::sleep(RELEASE_GRACE).await;
+        };
+        tokio::select! {
+            written = tokio::time::timeout(WRITE_TIMEOUT, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(()),
+            },
+            () = given_up => Err(()),
         }
     }
 
