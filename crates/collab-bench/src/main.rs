@@ -6,9 +6,12 @@
 //!   concurrent ops, as the server does for a late op.
 //! * `load`: clients typing into a running server; throughput and latency.
 //! * `connections`: the server's memory per idle WebSocket connection.
+//! * `abuse`: hostile clients against a running server, and what a
+//!   well-behaved client experiences meanwhile.
 //!
 //! Each subcommand lives in its own module; this file only parses arguments.
 
+mod abuse;
 mod connections;
 mod load;
 mod procstat;
@@ -39,6 +42,9 @@ enum Command {
     Load(load::LoadArgs),
     /// Open K idle WebSocket connections and report the server's RSS per connection.
     Connections(connections::ConnectionsArgs),
+    /// Attack a running server (loopback only) and measure what a victim
+    /// typing at 10 edits/s, /health and the server's memory go through.
+    Abuse(abuse::AbuseArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Transform(args) => transform::run(&args),
         Command::Load(args) => load::run(&args),
         Command::Connections(args) => connections::run(&args),
+        Command::Abuse(args) => abuse::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
