@@ -187,6 +187,65 @@ async fn poison_ops(db: &TestDb) {
     }
 }
 
+/// Holds the document's row, and with it every write to its log, from a
+/// connection and a thread of its own until released: edits sent meanwhile
+/// queue up in the room and are then committed together, in one batch.
+struct WriteLock {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+async fn hold_writes(db: &TestDb, doc: &str) -> WriteLock {
+    let (url, backend, doc) = (db.url.clone(), db.backend, doc.to_owned());
+    let (held, is_held) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if backend == "sqlite" {
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE documents SET title = title WHERE id = ?")
+                    .bind(&doc)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                held.send(()).unwrap();
+                let _ = released.recv();
+                tx.commit().await.unwrap();
+                pool.close().await;
+            } else {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE documents SET title = title WHERE id = $1")
+                    .bind(&doc)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                held.send(()).unwrap();
+                let _ = released.recv();
+                tx.commit().await.unwrap();
+                pool.close().await;
+            }
+        });
+    });
+    is_held.await.expect("lock taken");
+    WriteLock { release, thread }
+}
+
+impl WriteLock {
+    async fn release(self) {
+        let _ = self.release.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().expect("lock thread"))
+            .await
+            .unwrap();
+    }
+}
+
 async fn an_edit_the_store_refuses_fails_alone_and_nobody_is_disconnected(db: &TestDb) {
     let app = spawn_app_with(test_config(db)).await;
     app.create("d", "D", "").await;
@@ -195,7 +254,23 @@ async fn an_edit_the_store_refuses_fails_alone_and_nobody_is_disconnected(db: &T
     for i in 0..8 {
         clients.push(join(&app, "d", &format!("c{i}")).await.0);
     }
-    // All at once, so that the room commits several of them together.
+    // While writes are held, the room takes a REST edit and blocks storing
+    // it; the eight edits sent meanwhile then go into one batch (or, those
+    // that made it first, into the REST edit's): the poisoned one is never
+    // alone in its batch.
+    let lock = hold_writes(db, "d").await;
+    let rest = {
+        let (http, url) = (app.http.clone(), app.url("/api/documents/d/ops"));
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .json(&json!({"rev": 0, "op": ["rest"]}))
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        })
+    };
     for (i, ws) in clients.iter_mut().enumerate() {
         let text = if i == 3 {
             "POISON".to_owned()
@@ -204,6 +279,8 @@ async fn an_edit_the_store_refuses_fails_alone_and_nobody_is_disconnected(db: &T
         };
         send_op(ws, 0, 1, json!([text])).await;
     }
+    lock.release().await;
+    assert_eq!(rest.await.unwrap(), 200, "the REST edit");
     for (i, ws) in clients.iter_mut().enumerate() {
         let frames = frames_until(ws, |f| f["type"] == "ack" || f["type"] == "error").await;
         let last = frames.last().unwrap();
@@ -214,8 +291,9 @@ async fn an_edit_the_store_refuses_fails_alone_and_nobody_is_disconnected(db: &T
         }
     }
     let (content, rev) = stored(&app, "d").await;
-    assert_eq!(rev, 7, "{content}");
+    assert_eq!(rev, 8, "{content}");
     assert!(!content.contains("POISON"), "{content}");
+    assert!(content.contains("rest"), "{content}");
     for i in (0..8).filter(|i| *i != 3) {
         assert!(content.contains(&format!("<{i}>")), "{content}");
     }
@@ -223,7 +301,7 @@ async fn an_edit_the_store_refuses_fails_alone_and_nobody_is_disconnected(db: &T
     for (i, ws) in clients.iter_mut().enumerate() {
         let (_, _) = edit_and_time(ws, rev, 2, json!([format!("[{i}]")])).await;
     }
-    assert_eq!(stored(&app, "d").await.1, 15);
+    assert_eq!(stored(&app, "d").await.1, 16);
     app.stop().await;
 }
 
