@@ -50,7 +50,7 @@ pub struct Limits {
     /// Presence updates per second a WebSocket connection passes on; the
     /// rest are coalesced.
     pub max_presence_per_second: u32,
-    /// A WebSocket silent this long is closed; one silent half as long is pinged.
+    /// A WebSocket silent this long is closed; one silent a quarter as long is pinged.
     pub ws_idle: Duration,
 }
 

@@ -148,7 +148,7 @@ pub struct Config {
     )]
     pub header_timeout_secs: u64,
 
-    /// A WebSocket silent for half this many seconds is pinged; one silent
+    /// A WebSocket silent for a quarter of this many seconds is pinged; one silent
     /// for this long (no pong either) is closed.
     #[arg(long, env = "COLLAB_WS_IDLE_SECS", default_value_t = 60, global = true)]
     pub ws_idle_secs: u64,

@@ -123,11 +123,13 @@ impl Connection {
         let limits = self.state.limits;
         let mut ops = TokenBucket::new(f64::from(limits.max_ops_per_second));
         let mut presence = Coalesced::new(limits.max_presence_per_second);
-        // Keepalive: a peer silent for half the idle time is pinged, one
-        // silent for all of it (no pong either) is gone.
+        // Keepalive: a peer silent for a quarter of the idle time is pinged
+        // (checked that often), so a live peer's pong always lands within
+        // about half of it; one silent for all of it (no pong either) is gone.
         let mut heard = Instant::now();
-        let half = limits.ws_idle / 2;
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let quarter = limits.ws_idle / 4;
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + quarter, quarter);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = presence.due();
@@ -218,17 +220,19 @@ impl Connection {
                         break;
                     }
                 }
-                _ = keepalive.tick() => {
-                    let silent = heard.elapsed();
-                    if silent >= limits.ws_idle {
-                        debug!(?silent, "closing a silent connection");
+                _ = keepalive.tick() => match keepalive_step(heard.elapsed(), limits.ws_idle) {
+                    Keepalive::Wait => {}
+                    Keepalive::Ping => {
+                        if self.ping().await.is_err() {
+                            break;
+                        }
+                    }
+                    Keepalive::Close => {
+                        debug!("closing a silent connection");
                         self.close(CLOSE_IDLE, "no answer to pings").await;
                         break;
                     }
-                    if silent >= half && self.ping().await.is_err() {
-                        break;
-                    }
-                }
+                },
                 _ = self.closing.changed() => {
                     self.close(CLOSE_RESTART, "server restarting").await;
                     break;
@@ -371,6 +375,27 @@ fn error(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
     .into()
 }
 
+/// What the keepalive does at a check (one every quarter of `idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keepalive {
+    Wait,
+    Ping,
+    Close,
+}
+
+/// A peer silent for a quarter of `idle` is pinged, one silent for all of
+/// it is closed. Pinging at a quarter, checked every quarter, keeps a live
+/// peer's silence under about half of `idle`, far from the close.
+fn keepalive_step(silent: Duration, idle: Duration) -> Keepalive {
+    if silent >= idle {
+        Keepalive::Close
+    } else if silent >= idle / 4 {
+        Keepalive::Ping
+    } else {
+        Keepalive::Wait
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due.into()).await,
@@ -429,6 +454,37 @@ impl Coalesced {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that answers each ping within `rtt` is never closed, however
+    /// late the checks run (up to a quarter of the interval); one that never
+    /// answers is closed within about a quarter past the idle time.
+    #[test]
+    fn keepalive_keeps_answering_peers_and_closes_silent_ones() {
+        let idle = Duration::from_secs(60);
+        let check = idle / 4;
+        for rtt_ms in [0, 1, 50, 2_000, 10_000] {
+            for jitter_ms in [0, 7, 300, 3_000] {
+                let rtt = Duration::from_millis(rtt_ms);
+                let (mut now, mut heard) = (Duration::ZERO, Duration::ZERO);
+                let mut pong_at = None;
+                for tick in 1..200u32 {
+                    now = check * tick + Duration::from_millis(jitter_ms * u64::from(tick % 2));
+                    if let Some(at) = pong_at.take_if(|at| *at <= now) {
+                        heard = at;
+                    }
+                    match keepalive_step(now - heard, idle) {
+                        Keepalive::Close => panic!("closed a live peer (rtt {rtt:?})"),
+                        Keepalive::Ping => pong_at = pong_at.or(Some(now + rtt)),
+                        Keepalive::Wait => {}
+                    }
+                }
+            }
+        }
+        let closed_at = (1..)
+            .map(|tick| check * tick)
+            .find(|t| keepalive_step(*t, idle) == Keepalive::Close);
+        assert_eq!(closed_at, Some(idle));
+    }
 
     #[test]
     fn coalesced_presence_keeps_the_latest_selection_and_the_last_user() {
