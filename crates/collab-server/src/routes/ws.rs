@@ -465,10 +465,10 @@ mod tests {
         for rtt_ms in [0, 1, 50, 2_000, 10_000] {
             for jitter_ms in [0, 7, 300, 3_000] {
                 let rtt = Duration::from_millis(rtt_ms);
-                let (mut now, mut heard) = (Duration::ZERO, Duration::ZERO);
+                let mut heard = Duration::ZERO;
                 let mut pong_at = None;
                 for tick in 1..200u32 {
-                    now = check * tick + Duration::from_millis(jitter_ms * u64::from(tick % 2));
+                    let now = check * tick + Duration::from_millis(jitter_ms * u64::from(tick % 2));
                     if let Some(at) = pong_at.take_if(|at| *at <= now) {
                         heard = at;
                     }
