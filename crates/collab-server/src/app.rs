@@ -17,6 +17,7 @@ use tracing::Level;
 use crate::cluster::{self, ClusterLink};
 use crate::config::Config;
 use crate::error::AppError;
+use crate::extract::BodyDeadline;
 use crate::origin::{self, AllowedOrigins};
 use crate::rooms::Rooms;
 use crate::snapshot::{SnapshotStats, SnapshotWorker};
@@ -65,6 +66,15 @@ pub struct Edge {
     pub header_timeout: Duration,
     /// Web origins besides the server's own that may use it.
     pub allowed_origins: Arc<[String]>,
+}
+
+impl Edge {
+    /// Time to send a whole request body, from when its handler starts
+    /// reading it: three header timeouts (30 s by default: a 1 MiB body at
+    /// 35 KB/s).
+    pub fn body_timeout(&self) -> Duration {
+        self.header_timeout * 3
+    }
 }
 
 impl AppState {
@@ -147,6 +157,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        // A half-sent body would otherwise hold its connection forever (the
+        // header timeout covers only request heads).
+        .layer(axum::Extension(BodyDeadline(state.edge.body_timeout())))
         .layer(origin::cors(allowed.clone()))
         // Outside CORS, so a foreign origin's preflight is refused too
         // instead of being answered without CORS headers.

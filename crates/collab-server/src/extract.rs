@@ -5,6 +5,8 @@
 //! through these wrappers instead. Bodies are read with the same strict
 //! JSON as WebSocket frames (`collab_ot::json`).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -34,7 +36,19 @@ where
                 "expected a request body with Content-Type: application/json".to_owned(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let deadline = req
+            .extensions()
+            .get::<BodyDeadline>()
+            .map_or(BodyDeadline::DEFAULT, |d| d.0);
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                AppError::BadRequest(format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs()
+                ))
+            })?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 AppError::TooLarge("request body is too large".to_owned())
             } else {
@@ -47,6 +61,15 @@ where
             AppError::BadRequest(format!("invalid request body: {}", human(&e.to_string())))
         })
     }
+}
+
+/// How long a request body may take to arrive, whole (set by the app as a
+/// request extension; the header timeout covers only request heads).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub Duration);
+
+impl BodyDeadline {
+    pub const DEFAULT: Duration = Duration::from_secs(30);
 }
 
 /// `application/json`, or any `application/…+json`, parameters aside.

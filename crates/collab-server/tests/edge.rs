@@ -602,3 +602,36 @@ async fn websocket_upgrades_check_the_origin() {
     assert_eq!(welcome["type"], "welcome");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_body_is_refused_once_its_time_is_up() {
+    // Bodies get three header timeouts: 3 s here.
+    let (app, _db) = spawn(|c| c.header_timeout_secs = 1).await;
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /api/documents HTTP/1.1\r\nhost: edge.test\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"title\": ",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile everyone else is served.
+    assert_eq!(exchange(app.addr, HEALTH).await.status, 200);
+    let answer = read_response(&mut stalled).await;
+    answer.assert_error(400, "bad_request");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "refused after {:?}, before its time",
+        started.elapsed()
+    );
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive"),
+        "{answer:?}"
+    );
+    assert_eq!(app.get("/api/documents").await.1["total"], 0);
+    app.stop().await;
+}
