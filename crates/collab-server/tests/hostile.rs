@@ -48,6 +48,18 @@ async fn long_history(app: &TestApp, id: &str, n: u64) {
     app.state.store.append_ops(&id, &ops).await.expect("append");
 }
 
+/// A server whose rooms keep `window` ops in memory, with a document `d`
+/// of `revisions` one-character inserts.
+async fn app_with_history(db: &TestDb, window: usize, revisions: u64) -> TestApp {
+    let mut config = test_config(db);
+    config.history_window = window;
+    config.max_document_chars = 1_000_000;
+    let app = spawn_app_with(config).await;
+    app.create("d", "D", "").await;
+    long_history(&app, "d", revisions).await;
+    app
+}
+
 /// Sends an op and waits for its ack, skipping other frames; the revision
 /// and how long the ack took.
 async fn edit_and_time(ws: &mut Ws, rev: u64, seq: u64, op: Value) -> (u64, Duration) {
@@ -360,13 +372,8 @@ async fn nul_is_refused_everywhere_and_documents_stay_storable(db: &TestDb) {
 }
 
 async fn old_revision_ops_cannot_stall_another_editor(db: &TestDb) {
-    let mut config = test_config(db);
     // Ops older than 200 revisions are read back from the log, up to 2,000.
-    config.history_window = 200;
-    config.max_document_chars = 1_000_000;
-    let app = spawn_app_with(config).await;
-    app.create("d", "D", "").await;
-    long_history(&app, "d", 2000).await;
+    let app = app_with_history(db, 200, 2000).await;
     let (mut victim, welcome) = join(&app, "d", "victim").await;
     let mut rev = welcome["rev"].as_u64().unwrap();
     assert_eq!(rev, 2000);
@@ -540,12 +547,7 @@ async fn a_reused_seq_gets_an_error_not_a_false_ack(db: &TestDb) {
 }
 
 async fn rev_out_of_range_names_the_range_that_is_accepted(db: &TestDb) {
-    let mut config = test_config(db);
-    config.history_window = 10;
-    config.max_document_chars = 1_000_000;
-    let app = spawn_app_with(config).await;
-    app.create("d", "D", "").await;
-    long_history(&app, "d", 150).await;
+    let app = app_with_history(db, 10, 150).await;
     let (mut ws, _) = join(&app, "d", "w").await;
     // In memory: revisions 140..=150; from the log: ten windows further back.
     send_op(&mut ws, 39, 1, json!(["x"])).await;
