@@ -208,7 +208,9 @@ struct WriteLock {
 }
 
 async fn hold_writes(db: &TestDb, doc: &str) -> WriteLock {
-    let (url, backend, doc) = (db.url.clone(), db.backend, doc.to_owned());
+    // Ids in these tests are plain `[a-z]` words: safe to inline.
+    let sql = format!("UPDATE documents SET title = title WHERE id = '{doc}'");
+    let (url, backend) = (db.url.clone(), db.backend);
     let (held, is_held) = tokio::sync::oneshot::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -218,34 +220,32 @@ async fn hold_writes(db: &TestDb, doc: &str) -> WriteLock {
             .unwrap();
         rt.block_on(async move {
             if backend == "sqlite" {
-                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("UPDATE documents SET title = title WHERE id = ?")
-                    .bind(&doc)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                held.send(()).unwrap();
-                let _ = released.recv();
-                tx.commit().await.unwrap();
-                pool.close().await;
+                hold_with::<sqlx::Sqlite>(&url, &sql, held, released).await;
             } else {
-                let pool = sqlx::PgPool::connect(&url).await.unwrap();
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("UPDATE documents SET title = title WHERE id = $1")
-                    .bind(&doc)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                held.send(()).unwrap();
-                let _ = released.recv();
-                tx.commit().await.unwrap();
-                pool.close().await;
+                hold_with::<sqlx::Postgres>(&url, &sql, held, released).await;
             }
         });
     });
     is_held.await.expect("lock taken");
     WriteLock { release, thread }
+}
+
+/// Runs `sql` in a transaction, says so, and commits once released.
+async fn hold_with<DB: sqlx::Database>(
+    url: &str,
+    sql: &str,
+    held: tokio::sync::oneshot::Sender<()>,
+    released: std::sync::mpsc::Receiver<()>,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let pool = sqlx::Pool::<DB>::connect(url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut *tx).await.unwrap();
+    held.send(()).unwrap();
+    let _ = released.recv();
+    tx.commit().await.unwrap();
+    pool.close().await;
 }
 
 impl WriteLock {
