@@ -20,6 +20,17 @@
 // reconnect the client resumes with `since` = its revision; if its op in
 // flight is listed in the resume welcome, that is its ack; otherwise it is
 // resent with the same seq, and the server drops it if it had committed it.
+//
+// Access control (token mode): the client connects with `?token=<jwt>`; the
+// welcome names the connection's `role` (read | write | admin) and the token's
+// `exp` (unix seconds; null when the server has no key). Before `exp` the
+// client asks the page for a new token (`refreshToken`) and sends it as an
+// `auth` frame; the reply carries the new role and exp. A read connection
+// refuses local edits (`submitOp` throws) and sends no presence (the server
+// would refuse both). An op refused with `forbidden` (the role dropped to read
+// while it was in flight) drops every unsynced edit and reloads the server's
+// content. `unauthorized` (bad, expired or revoked token) and a `forbidden`
+// before the welcome are final: no reconnect.
 
 import { type as textType } from 'ot-text-unicode';
 
@@ -27,6 +38,30 @@ export { textType };
 
 const DEFAULT_BACKOFF = { initial: 250, max: 10000, factor: 2 };
 const FATAL_CODES = new Set(['not_found', 'document_deleted', 'unauthorized']);
+const ROLES = new Set(['read', 'write', 'admin']);
+// Token refresh: at the later of 60 s before `exp` and 3/4 of the remaining
+// lifetime (so a 1-hour token is renewed a minute before it ends, a 2-minute
+// token after 90 s); a failed refresh is retried every REFRESH_RETRY_MS (or
+// sooner, at a quarter of what is left) until the token expires.
+const REFRESH_MARGIN_MS = 60000;
+const REFRESH_FRACTION = 0.75;
+const REFRESH_RETRY_MS = 5000;
+const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once beyond this
+
+/** When to refresh a token that expires at `exp` (unix s), as a delay in ms from `now`. */
+export function refreshDelay(exp, now = Date.now()) {
+  const left = exp * 1000 - now;
+  if (left <= 0) return 0;
+  return Math.max(0, Math.round(Math.max(left - REFRESH_MARGIN_MS, left * REFRESH_FRACTION)));
+}
+
+/** 'expired', 'revoked' or null, from an `unauthorized` error's message. */
+export function authReason(message) {
+  const m = String(message || '').toLowerCase();
+  if (m.includes('revoked')) return 'revoked';
+  if (m.includes('expired')) return 'expired';
+  return null;
+}
 const CLIENT_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Number of code points in a JavaScript (UTF-16) string. */
@@ -102,7 +137,20 @@ export function describeError(code, fallback) {
     case 'rev_out_of_range':
       return 'This page fell out of step with the server. Reloading the document.';
     case 'unauthorized':
-      return 'You are not allowed to open this document.';
+      switch (authReason(fallback)) {
+        case 'revoked':
+          return 'Your access to this document was revoked.';
+        case 'expired':
+          return 'Your access has expired.';
+        default:
+          return 'You are not signed in, or your access is not valid.';
+      }
+    case 'forbidden':
+      return 'You do not have access to this document.';
+    case 'read_only':
+      return 'You can only read this document: your unsaved edits were discarded.';
+    case 'token_refresh_failed':
+      return 'Could not renew access to this document. Retrying.';
     case 'bad_message':
       return 'The server did not understand a message from this page.';
     case 'lost_edits':
@@ -125,9 +173,14 @@ export function describeError(code, fallback) {
  *  - `leave`    {clientId}
  *  - `peers`    {peers: Map}: the peer list changed (any reason).
  *  - `status`   {status, pending}: `connecting` | `connected` |
- *               `reconnecting` | `offline` | `closed`, and the number of
- *               unsynced local edits.
- *  - `error`    {code, message, text, seq, fatal}: `text` is plain words.
+ *               `reconnecting` | `offline` | `closed` | `unauthorized` |
+ *               `forbidden`, and the number of unsynced local edits.
+ *  - `auth`     {role, exp, previousRole}: the connection's role or the
+ *               token's expiry changed (welcome, `auth` reply, or a refused op).
+ *  - `token`    {token}: a refreshed token was taken (for the page's REST calls).
+ *  - `error`    {code, message, text, seq, fatal, reason}: `text` is plain
+ *               words; `reason` is 'expired' | 'revoked' | null for
+ *               `unauthorized`.
  */
 export class CollabClient extends EventTarget {
   /**
@@ -142,6 +195,9 @@ export class CollabClient extends EventTarget {
    * @param {{initial:number,max:number,factor:number}} [options.backoff]
    * @param {number} [options.offlineAfter] failed attempts before `offline` (default 2)
    * @param {boolean} [options.autoConnect] connect now (default true)
+   * @param {string} [options.token] access token (JWT), sent as `?token=`
+   * @param {() => Promise<string>} [options.refreshToken] returns a new token
+   *   for the same user; called before the current one expires
    */
   constructor(options) {
     super();
@@ -152,6 +208,13 @@ export class CollabClient extends EventTarget {
     this.WebSocketImpl = options.WebSocket || globalThis.WebSocket;
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this.offlineAfter = options.offlineAfter ?? 2;
+    /** The access token used for the next connection (and sent on refresh). */
+    this.token = typeof options.token === 'string' && options.token ? options.token : null;
+    this.refreshToken = typeof options.refreshToken === 'function' ? options.refreshToken : null;
+    /** 'read' | 'write' | 'admin', from the last welcome or `auth` reply; null before. */
+    this.role = null;
+    /** The token's expiry (unix seconds) as the server reported it; null without one. */
+    this.exp = null;
 
     const saved = this._claim();
     this.clientId = options.clientId || saved.clientId || randomId();
@@ -181,6 +244,10 @@ export class CollabClient extends EventTarget {
     this._presence = null; // {selection, user}
     this._presenceDirty = false;
     this._reload = false;
+    this._refreshTimer = null;
+    this._refreshing = null; // Promise while refreshToken() runs
+    this._tokenRenewed = false; // a new token since the server last told us its exp
+    this._resyncWhenIdle = false; // reload once the op in flight is answered
 
     if (globalThis.addEventListener) {
       // Back online: try now rather than at the end of the backoff.
@@ -214,6 +281,11 @@ export class CollabClient extends EventTarget {
     return this.status === 'connected';
   }
 
+  /** True while the server has given this connection the `read` role. */
+  get readOnly() {
+    return this.role === 'read';
+  }
+
   // ---- public API -------------------------------------------------------
 
   /** Open the connection (again). */
@@ -231,6 +303,7 @@ export class CollabClient extends EventTarget {
     this._stopped = true;
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     if (this._onOnline) globalThis.removeEventListener('online', this._onOnline);
     if (this._onPageHide) {
       globalThis.removeEventListener('pagehide', this._onPageHide);
@@ -263,10 +336,16 @@ export class CollabClient extends EventTarget {
 
   /**
    * Apply a local edit (a text-unicode op against `content`) and queue it.
-   * Throws if the op does not apply; then nothing changes.
+   * Throws if the op does not apply, or if the role is `read` (the error's
+   * `code` is 'read_only'); then nothing changes.
    */
   submitOp(op) {
     if (this.content === null) throw new Error('the document is not loaded yet');
+    if (this.readOnly) {
+      const e = new Error('read only: this connection may not edit the document');
+      e.code = 'read_only';
+      throw e;
+    }
     const next = textType.apply(this.content, op);
     this.content = next;
     this._transformPeers(op);
@@ -286,6 +365,115 @@ export class CollabClient extends EventTarget {
     this._sendPresence();
   }
 
+  /**
+   * Use a new token (same user): sent at once as an `auth` frame when
+   * connected, and used for every later connection.
+   */
+  setToken(token) {
+    if (typeof token !== 'string' || !token) throw new TypeError('token must be a non-empty string');
+    this.token = token;
+    this._tokenRenewed = true;
+    clearTimeout(this._refreshTimer);
+    this._dispatch('token', { token });
+    this._send({ type: 'auth', token });
+  }
+
+  // ---- access tokens --------------------------------------------------------
+
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.refreshToken || this.exp === null || this._stopped) return;
+    const delay = refreshDelay(this.exp);
+    this._refreshTimer = setTimeout(() => {
+      if (refreshDelay(this.exp) > 0 && delay >= MAX_TIMER_MS) return this._scheduleRefresh();
+      this._refresh();
+    }, Math.min(delay, MAX_TIMER_MS));
+  }
+
+  /** Ask the page for a new token and use it; retried until the old one expires. */
+  _refresh() {
+    if (this._refreshing) return this._refreshing;
+    if (this._stopped) return Promise.resolve(false);
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const run = async () => {
+      let token = null;
+      let failure = null;
+      try {
+        token = await this.refreshToken();
+        if (typeof token !== 'string' || !token) failure = 'refreshToken() returned no token';
+      } catch (e) {
+        failure = String(e && e.message ? e.message : e);
+      }
+      this._refreshing = null;
+      if (this._stopped) return false;
+      if (failure) {
+        this._emitError('token_refresh_failed', failure);
+        const left = this.exp === null ? Infinity : this.exp * 1000 - Date.now();
+        const delay = Math.max(1000, Math.min(REFRESH_RETRY_MS, left / 4));
+        clearTimeout(this._refreshTimer);
+        this._refreshTimer = setTimeout(() => this._refresh(), delay);
+        return false;
+      }
+      this.setToken(token);
+      return true;
+    };
+    this._refreshing = run();
+    return this._refreshing;
+  }
+
+  /** True when the token is known to expire within a few seconds and can be renewed. */
+  _tokenStale() {
+    return !!this.refreshToken && this.exp !== null && !this._tokenRenewed && this.exp * 1000 - Date.now() < 5000;
+  }
+
+  _setRole(role, exp) {
+    const previousRole = this.role;
+    const previousExp = this.exp;
+    if (ROLES.has(role)) this.role = role;
+    if (exp !== undefined) this.exp = typeof exp === 'number' ? exp : null;
+    if (this.role !== previousRole || this.exp !== previousExp) {
+      this._dispatch('auth', { role: this.role, exp: this.exp, previousRole });
+    }
+    if (this.readOnly && previousRole !== 'read') this._becameReadOnly();
+    else if (!this.readOnly && previousRole === 'read' && this._presence) {
+      this._presenceDirty = true;
+      this._sendPresence();
+    }
+  }
+
+  /**
+   * The role dropped to read: unsent edits would be refused. Drop them and
+   * reload the server's content once the op in flight (if any) is answered.
+   */
+  _becameReadOnly() {
+    const lost = this.bufferEdits;
+    if (!this.buffer && !this.inflight) return;
+    this.buffer = null;
+    this.bufferEdits = 0;
+    if (lost) this._emitError('read_only', `${lost} unsynced edits were dropped`);
+    if (this.inflight) {
+      // Committed or refused, the answer comes first; a lost connection
+      // reconnects without `since` anyway.
+      this._resyncWhenIdle = true;
+      this._reload = true;
+    } else {
+      this._reload = true;
+      this._reconnectSoon();
+    }
+    this._emitStatus();
+  }
+
+  _stopFor(status) {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
+    this._drop();
+    this._setStatus(status);
+  }
+
   // ---- connection ---------------------------------------------------------
 
   _wsUrl() {
@@ -296,11 +484,20 @@ export class CollabClient extends EventTarget {
     u.search = '';
     u.searchParams.set('client_id', this.clientId);
     if (this.rev !== null && !this._reload) u.searchParams.set('since', String(this.rev));
+    if (this.token) u.searchParams.set('token', this.token);
     return u.toString();
   }
 
-  _open() {
+  _open(staleChecked = false) {
     if (this._stopped || this._paused || this._ws) return;
+    if (!staleChecked && this._tokenStale()) {
+      // The token runs out while we are disconnected (or the page slept):
+      // renew it first, so the server does not refuse us for good. If that
+      // fails, connect anyway and let the server decide.
+      this._setStatus(this._disconnectedStatus());
+      this._refresh().then(() => this._open(true));
+      return;
+    }
     this._setStatus(this.rev === null && this._attempts === 0 ? 'connecting' : this._disconnectedStatus());
     let ws;
     try {
@@ -310,6 +507,7 @@ export class CollabClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    this._wsToken = this.token;
     this._welcomed = false;
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -399,6 +597,12 @@ export class CollabClient extends EventTarget {
         return;
       case 'error':
         return this._onError(msg);
+      case 'auth':
+        // The reply to our `auth` frame: the new token is in force.
+        this._tokenRenewed = false;
+        this._setRole(msg.role, msg.exp);
+        this._scheduleRefresh();
+        return;
       default:
         return;
     }
@@ -413,6 +617,17 @@ export class CollabClient extends EventTarget {
     this._retryDelay = 0;
     const wasReload = this._reload;
     this._reload = false;
+    this._resyncWhenIdle = false;
+    // Role and expiry first, so `ready` listeners see them. (A server
+    // without access control sends neither: the role stays null, editable.)
+    if (this._wsToken === this.token) this._tokenRenewed = false;
+    const previousRole = this.role;
+    const previousExp = this.exp;
+    if (ROLES.has(msg.role)) this.role = msg.role;
+    if (msg.exp !== undefined) this.exp = typeof msg.exp === 'number' ? msg.exp : null;
+    if (this.role !== previousRole || this.exp !== previousExp) {
+      this._dispatch('auth', { role: this.role, exp: this.exp, previousRole });
+    }
 
     if (Array.isArray(msg.ops)) {
       // Resume: the ops after our revision, each with its author.
@@ -462,6 +677,23 @@ export class CollabClient extends EventTarget {
     this._dispatch('peers', { peers: this.peers });
 
     this._setStatus('connected');
+    this._scheduleRefresh();
+    if (this._wsToken !== this.token && this.token) {
+      // Renewed while this connection was being set up.
+      this._send({ type: 'auth', token: this.token });
+    }
+    if (this.readOnly && this.pending > 0) {
+      // Read only now, with edits the server would refuse: drop them and
+      // take the server's content.
+      const lost = this.pending;
+      this.inflight = null;
+      this.buffer = null;
+      this.bufferEdits = 0;
+      this._emitError('read_only', `${lost} unsynced edits were dropped`);
+      this._reload = true;
+      this._reconnectSoon();
+      return;
+    }
     // Resend what is still unacknowledged, with the same seq, or send the buffer.
     if (this.inflight) {
       this._send({ type: 'op', rev: this.rev, seq: this.inflight.seq, op: this.inflight.op });
@@ -483,6 +715,14 @@ export class CollabClient extends EventTarget {
     this.inflight = null;
     this.rev = rev;
     this._dispatch('ack', { seq, rev });
+    if (this._resyncWhenIdle) {
+      // Edits made after this one were dropped (read only): reload.
+      this._resyncWhenIdle = false;
+      this._reload = true;
+      this._reconnectSoon();
+      this._emitStatus();
+      return;
+    }
     if (flush) this._flush();
     this._sendPresence();
     this._emitStatus();
@@ -530,14 +770,34 @@ export class CollabClient extends EventTarget {
 
   _onError(msg) {
     const code = msg.code || 'error';
-    const fatal = FATAL_CODES.has(code);
     const ours = this.inflight && msg.seq != null && msg.seq === this.inflight.seq;
+    if (code === 'forbidden' && this._welcomed) {
+      // The connection is read only now (a refreshed token with less access):
+      // an op or a presence was refused. The connection stays open.
+      if (ours) {
+        const lost = this.pending;
+        this.inflight = null;
+        this.buffer = null;
+        this.bufferEdits = 0;
+        this._resyncWhenIdle = false;
+        this._emitError(code, msg.message, msg.seq, false, describeError('read_only'));
+        this._setRole('read');
+        // Take the server's content: the refused edits are in ours.
+        if (lost > 0) {
+          this._reload = true;
+          this._reconnectSoon();
+        }
+        this._emitStatus();
+      } else if (msg.seq == null) {
+        this._presenceDirty = false;
+        this._setRole('read');
+      }
+      return;
+    }
+    const fatal = FATAL_CODES.has(code) || code === 'forbidden';
     this._emitError(code, msg.message, msg.seq, fatal);
     if (fatal) {
-      this._stopped = true;
-      clearTimeout(this._timer);
-      this._drop();
-      this._setStatus('closed');
+      this._stopFor(code === 'unauthorized' || code === 'forbidden' ? code : 'closed');
       return;
     }
     if (!ours) return;
@@ -565,7 +825,7 @@ export class CollabClient extends EventTarget {
   // ---- sending ----------------------------------------------------------------
 
   _flush() {
-    if (this.inflight || !this.buffer || !this._welcomed || !this._ws) return;
+    if (this.inflight || !this.buffer || !this._welcomed || !this._ws || this.readOnly) return;
     const op = this.buffer;
     const seq = this.nextSeq++;
     this.inflight = { seq, op, edits: this.bufferEdits };
@@ -576,6 +836,8 @@ export class CollabClient extends EventTarget {
 
   _sendPresence() {
     if (!this._presenceDirty || !this._presence) return;
+    // The server refuses presence from a read-only connection.
+    if (this.readOnly) return;
     // A selection refers to the local content; the server knows the
     // content up to our op in flight, so wait until the buffer is sent.
     if (this.buffer) return;
@@ -642,8 +904,15 @@ export class CollabClient extends EventTarget {
     this._dispatch('status', { status: this.status, pending: this.pending });
   }
 
-  _emitError(code, message, seq, fatal = false) {
-    this._dispatch('error', { code, message: message || '', text: describeError(code, message), seq: seq ?? null, fatal });
+  _emitError(code, message, seq, fatal = false, text = null) {
+    this._dispatch('error', {
+      code,
+      message: message || '',
+      text: text || describeError(code, message),
+      seq: seq ?? null,
+      fatal,
+      reason: code === 'unauthorized' ? authReason(message) : null,
+    });
   }
 
   _dispatch(name, detail) {

@@ -303,3 +303,326 @@ test('presence: peers from welcome, moves, leave, transformed by edits', async (
   assert.equal(b.peers.size, 0);
   b.close();
 });
+
+// ---- access tokens ---------------------------------------------------------------
+
+const nowSecs = () => Math.floor(Date.now() / 1000);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const tokenOf = (url) => new URL(url).searchParams.get('token');
+const sinceOf = (url) => new URL(url).searchParams.get('since');
+
+/** A token-mode fake server whose tokens are looked up in `grants` (token -> grant). */
+function tokenServer(grants, content = 'shared text') {
+  return new FakeServer({
+    content,
+    auth: (token) => grants.get(token) || { error: 'unauthorized', message: 'invalid token' },
+  });
+}
+
+test('open mode: role admin, exp null, no token in the URL, no refresh', async () => {
+  const server = new FakeServer({ content: 'x' });
+  let refreshed = 0;
+  const a = client(server, { refreshToken: async () => (refreshed++, 'never') });
+  const auth = events(a, 'auth');
+  await server.until(() => a.content !== null, 'welcome');
+  assert.equal(a.role, 'admin');
+  assert.equal(a.exp, null);
+  assert.equal(a.readOnly, false);
+  assert.deepEqual(auth, [{ role: 'admin', exp: null, previousRole: null }]);
+  assert.equal(tokenOf(server.urls[0]), null);
+  await sleep(50);
+  assert.equal(refreshed, 0);
+  a.close();
+});
+
+test('token: sent URL-encoded at connect; role and exp come from the welcome', async () => {
+  const token = 'eyJ.a+b/c=.sig';
+  const exp = nowSecs() + 3600;
+  const server = tokenServer(new Map([[token, { sub: 'ann', role: 'write', exp }]]));
+  const a = client(server, { token });
+  await server.until(() => a.content !== null, 'welcome');
+  assert.equal(tokenOf(server.urls[0]), token);
+  assert.ok(server.urls[0].includes('token=eyJ.a%2Bb%2Fc%3D.sig'), server.urls[0]);
+  assert.equal(a.role, 'write');
+  assert.equal(a.exp, exp);
+  insertAt(a, 0, '> ');
+  await server.until(() => a.pending === 0, 'ack');
+  assert.equal(server.content, '> shared text');
+  assert.equal(server.ops[0].client_id, a.clientId);
+  a.close();
+});
+
+test('refresh: called before exp, sent as an auth frame, and used for reconnects', async () => {
+  const t0 = Date.now();
+  const exp1 = Math.floor(t0 / 1000) + 2;
+  const exp2 = nowSecs() + 3600;
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'write', exp: exp1 }],
+    ['t2', { sub: 'ann', role: 'admin', exp: exp2 }],
+  ]);
+  const server = tokenServer(grants);
+  const calls = [];
+  const a = client(server, {
+    token: 't1',
+    refreshToken: async () => {
+      calls.push(Date.now());
+      return 't2';
+    },
+  });
+  const auth = events(a, 'auth');
+  const renewed = events(a, 'token');
+  await server.until(() => a.content !== null, 'welcome');
+  assert.equal(a.exp, exp1);
+  await server.until(() => a.exp === exp2, 'the auth reply', 5000);
+  assert.equal(calls.length, 1);
+  const lifetime = exp1 * 1000 - t0;
+  assert.ok(calls[0] - t0 >= lifetime * 0.5, `refreshed too early: ${calls[0] - t0} ms of ${lifetime}`);
+  assert.ok(calls[0] < exp1 * 1000, 'refreshed before exp');
+  assert.deepEqual(
+    server.authFrames.map((f) => f.token),
+    ['t2'],
+  );
+  assert.equal(a.role, 'admin');
+  assert.deepEqual(auth.at(-1), { role: 'admin', exp: exp2, previousRole: 'write' });
+  assert.deepEqual(renewed, [{ token: 't2' }]);
+  assert.equal(a.token, 't2');
+
+  // A dropped connection comes back with the new token, and resumes.
+  server.killAll();
+  await server.until(() => server.urls.length === 2 && a.status === 'connected', 'reconnect');
+  assert.equal(tokenOf(server.urls[1]), 't2');
+  assert.equal(sinceOf(server.urls[1]), '0');
+  insertAt(a, 0, 'ok ');
+  await server.until(() => a.pending === 0, 'ack');
+  assert.equal(server.content, 'ok shared text');
+  a.close();
+});
+
+test('refresh: a token that runs out while disconnected is renewed before reconnecting', async () => {
+  const exp1 = nowSecs() + 3; // within the last few seconds: stale for a reconnect
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'write', exp: exp1 }],
+    ['t2', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants);
+  let release;
+  const gate = new Promise((r) => (release = r));
+  let calls = 0;
+  const a = client(server, {
+    token: 't1',
+    refreshToken: async () => {
+      calls++;
+      await gate;
+      return 't2';
+    },
+  });
+  await server.until(() => a.content !== null, 'welcome');
+  a.goOffline();
+  insertAt(a, 0, 'offline ');
+  a.goOnline();
+  await sleep(30);
+  assert.equal(calls, 1, 'refreshToken was asked first');
+  assert.equal(server.urls.length, 1, 'no connection with the stale token');
+  release();
+  await server.until(() => a.status === 'connected' && a.pending === 0, 'reconnect and sync');
+  assert.deepEqual(server.urls.slice(1).map(tokenOf), ['t2']);
+  assert.equal(server.content, 'offline shared text');
+  assert.equal(server.authFrames.length, 0, 'the new token went in the URL, no auth frame needed');
+  a.close();
+});
+
+test('refresh failures are reported and retried', async () => {
+  const exp1 = nowSecs() + 2;
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'write', exp: exp1 }],
+    ['t2', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants);
+  let calls = 0;
+  const a = client(server, {
+    token: 't1',
+    refreshToken: async () => {
+      if (++calls === 1) throw new Error('identity provider down');
+      return 't2';
+    },
+  });
+  const errors = events(a, 'error');
+  await server.until(() => a.content !== null, 'welcome');
+  await server.until(() => a.token === 't2' && a.exp !== exp1, 'the second refresh', 6000);
+  assert.equal(calls, 2);
+  assert.equal(errors[0].code, 'token_refresh_failed');
+  assert.equal(errors[0].fatal, false);
+  assert.equal(a.status, 'connected');
+  a.close();
+});
+
+test('a refresh for another user ends the session', async () => {
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+    ['bob', { sub: 'bob', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants);
+  const a = client(server, { token: 't1' });
+  const errors = events(a, 'error');
+  await server.until(() => a.content !== null, 'welcome');
+  a.setToken('bob');
+  await server.until(() => a.status === 'unauthorized', 'unauthorized');
+  assert.equal(errors[0].fatal, true);
+  await sleep(30);
+  assert.equal(server.urls.length, 1, 'no reconnect');
+});
+
+for (const [code, message, reason] of [
+  ['unauthorized', 'token expired', 'expired'],
+  ['unauthorized', 'token revoked', 'revoked'],
+  ['unauthorized', 'invalid token', null],
+  ['forbidden', 'no access to this document', null],
+]) {
+  test(`${code} (${message}) at connect is final: no reconnect, status ${code}`, async () => {
+    const server = new FakeServer({ content: 'secret', auth: () => ({ error: code, message }) });
+    const a = client(server, { token: 'whatever' });
+    const errors = events(a, 'error');
+    const statuses = events(a, 'status');
+    await server.until(() => a.status === code, code);
+    await sleep(30);
+    for (let i = 0; i < 20; i++) server.step();
+    assert.equal(server.urls.length, 1, 'no reconnect');
+    assert.equal(a.content, null);
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0].code, code);
+    assert.equal(errors[0].fatal, true);
+    assert.equal(errors[0].message, message);
+    assert.equal(errors[0].reason, reason);
+    assert.equal(statuses.at(-1).status, code);
+    if (reason === 'revoked') assert.match(errors[0].text, /revoked/);
+    if (reason === 'expired') assert.match(errors[0].text, /expired/);
+    if (code === 'forbidden') assert.match(errors[0].text, /do not have access/);
+  });
+}
+
+test('a session ended while connected (revoked) is final; unsynced edits stay in memory', async () => {
+  const server = tokenServer(new Map([['t1', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }]]));
+  const a = client(server, { token: 't1' });
+  const errors = events(a, 'error');
+  await server.until(() => a.content !== null, 'welcome');
+  a.goOffline();
+  insertAt(a, 0, 'x');
+  a.goOnline();
+  const sock = [...server.sockets].find((s) => s.readyState === 1);
+  server.hooks.onOp = () => 'drop';
+  server.endSession(sock, 'unauthorized', 'token revoked');
+  await server.until(() => a.status === 'unauthorized', 'unauthorized');
+  assert.equal(errors.at(-1).reason, 'revoked');
+  await sleep(30);
+  while (server.step());
+  assert.equal(server.sockets.size, 0);
+  assert.equal(server.urls.length, 2, 'no reconnect');
+  assert.equal(a.content, 'xshared text');
+});
+
+test('a read connection refuses local edits and sends no presence', async () => {
+  const server = tokenServer(new Map([['r', { sub: 'ann', role: 'read', exp: nowSecs() + 3600 }]]));
+  const a = client(server, { token: 'r' });
+  const remote = events(a, 'remoteop');
+  await server.until(() => a.content !== null, 'welcome');
+  assert.equal(a.role, 'read');
+  assert.equal(a.readOnly, true);
+  assert.throws(() => insertAt(a, 0, 'no'), (e) => e.code === 'read_only');
+  assert.equal(a.content, 'shared text');
+  assert.equal(a.pending, 0);
+  a.setPresence([0, 0], { name: 'Ann', color: '#ff0000' });
+  for (let i = 0; i < 20; i++) server.step();
+  assert.equal(server.presence.size, 0);
+  assert.equal(server.refused, undefined, 'nothing was sent for the server to refuse');
+  // Others' edits still arrive.
+  server.auth = (t) => (t === 'w' ? { sub: 'bob', role: 'write', exp: nowSecs() + 3600 } : { sub: 'ann', role: 'read', exp: nowSecs() + 3600 });
+  const b = client(server, { token: 'w' });
+  await server.until(() => b.content !== null, 'welcome b');
+  insertAt(b, 0, 'Bob: ');
+  await server.until(() => a.content === 'Bob: shared text', 'the remote edit');
+  assert.equal(remote.length, 1);
+  a.close();
+  b.close();
+});
+
+test('a refresh that downgrades to read: the refused op and later edits are dropped, the server content comes back', async () => {
+  const grants = new Map([
+    ['w', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+    ['r', { sub: 'ann', role: 'read', exp: nowSecs() + 7200 }],
+  ]);
+  const server = tokenServer(grants);
+  const a = client(server, { token: 'w' });
+  const errors = events(a, 'error');
+  const auth = events(a, 'auth');
+  const remote = events(a, 'remoteop');
+  await server.until(() => a.content !== null, 'welcome');
+  // The new token goes out first; two edits follow before its reply comes.
+  a.setToken('r');
+  insertAt(a, 0, 'one ');
+  insertAt(a, 4, 'two ');
+  assert.ok(a.inflight && a.buffer);
+  await server.until(() => a.status === 'connected' && a.content === 'shared text' && a.pending === 0 && server.urls.length === 2, 'resync');
+  assert.equal(server.content, 'shared text', 'nothing changed on the server');
+  assert.equal(server.ops.length, 0);
+  assert.equal(a.role, 'read');
+  assert.ok(auth.some((e) => e.role === 'read' && e.previousRole === 'write'));
+  assert.equal(sinceOf(server.urls[1]), null, 'reloaded without since');
+  assert.equal(tokenOf(server.urls[1]), 'r');
+  assert.ok(errors.some((e) => !e.fatal && (e.code === 'forbidden' || e.code === 'read_only')), JSON.stringify(errors));
+  assert.equal(remote.at(-1).reset, true);
+  assert.throws(() => insertAt(a, 0, 'no'), (e) => e.code === 'read_only');
+  a.close();
+});
+
+test('forbidden for the op in flight: local edits dropped, remote edits kept, role read', async () => {
+  const grants = new Map([
+    ['ann', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+    ['bob', { sub: 'bob', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants, 'abc');
+  const a = client(server, { token: 'ann' });
+  const b = client(server, { token: 'bob' });
+  await server.until(() => a.content !== null && b.content !== null, 'welcomes');
+  const errors = events(a, 'error');
+  const auth = events(a, 'auth');
+  // Ann's access drops to read while her op is on its way (as a refresh
+  // whose reply she has not seen yet would do).
+  const annSock = [...server.sockets].find((s) => s.grant.sub === 'ann');
+  annSock.grant = { ...annSock.grant, role: 'read' };
+  grants.set('ann', annSock.grant);
+  insertAt(b, 3, '-bob');
+  insertAt(a, 0, 'ann-');
+  insertAt(a, 4, 'more-');
+  await server.until(
+    () => a.status === 'connected' && a.pending === 0 && b.pending === 0 && a.content === server.content && b.content === server.content && a.rev === server.rev,
+    'resync',
+  );
+  assert.equal(server.content, 'abc-bob');
+  const refused = errors.find((e) => e.code === 'forbidden');
+  assert.ok(refused, JSON.stringify(errors));
+  assert.equal(refused.fatal, false);
+  assert.equal(refused.seq, 1);
+  assert.match(refused.text, /only read/);
+  assert.equal(a.role, 'read');
+  assert.deepEqual(auth.at(-1).role, 'read');
+  a.close();
+  b.close();
+});
+
+test('an upgrade from read to write by refresh lets the page edit, and presence is sent', async () => {
+  const grants = new Map([
+    ['r', { sub: 'ann', role: 'read', exp: nowSecs() + 3600 }],
+    ['w', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants);
+  const a = client(server, { token: 'r' });
+  await server.until(() => a.content !== null, 'welcome');
+  a.setPresence([1, 1], { name: 'Ann', color: '#00ff00' });
+  a.setToken('w');
+  await server.until(() => a.role === 'write', 'the auth reply');
+  await server.until(() => server.presence.size === 1, 'presence sent after the upgrade');
+  insertAt(a, 0, '+');
+  await server.until(() => a.pending === 0, 'ack');
+  assert.equal(server.content, '+shared text');
+  a.close();
+});

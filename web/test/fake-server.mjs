@@ -4,6 +4,13 @@
 // side "left", exactly-once per (client_id, seq), resume welcomes), using
 // ot-text-unicode, and delivers messages through per-direction FIFO queues
 // that a seeded scheduler interleaves.
+//
+// Access control: with `auth` (a function token -> {sub, role, exp} or
+// {error: 'unauthorized' | 'forbidden', message}) the server is in token mode:
+// it checks `?token=` at connect (refusing with an error frame, then close
+// 1008), refuses ops and presence from `read` connections (staying open),
+// answers `auth` frames, and can end a session (`endSession`). Without it,
+// welcomes say role "admin" and exp null, as the real server's open mode.
 
 import otText from 'ot-text-unicode';
 
@@ -22,8 +29,11 @@ export function prng(seed) {
 }
 
 export class FakeServer {
-  constructor({ content = '', seed = 1 } = {}) {
+  constructor({ content = '', seed = 1, auth = null } = {}) {
     this.content = content;
+    this.auth = auth;
+    this.urls = []; // every connection's URL, in order
+    this.authFrames = []; // every `auth` frame received: {sock, token}
     this.rev = 0;
     this.ops = []; // {rev, op, client_id, seq}
     this.committed = new Map(); // "cid:seq" -> rev
@@ -75,8 +85,19 @@ export class FakeServer {
 
   _accept(sock) {
     const u = new URL(sock.url);
+    this.urls.push(sock.url);
     sock.clientId = u.searchParams.get('client_id') || 'gen' + this.nextGen++;
     const since = u.searchParams.get('since');
+    sock.grant = { sub: null, role: 'admin', exp: null };
+    if (this.auth) {
+      const token = u.searchParams.get('token');
+      const grant = token ? this.auth(token) : { error: 'unauthorized', message: 'missing token' };
+      if (!grant || grant.error) {
+        this.sockets.add(sock);
+        return this.endSession(sock, (grant && grant.error) || 'unauthorized', (grant && grant.message) || 'bad token');
+      }
+      sock.grant = grant;
+    }
     this.sockets.add(sock);
     const peers = [...this.presence].filter(([cid]) => cid !== sock.clientId).map(([cid, p]) => ({ client_id: cid, ...p }));
     let welcome;
@@ -85,6 +106,8 @@ export class FakeServer {
     } else {
       welcome = { type: 'welcome', client_id: sock.clientId, rev: this.rev, content: this.content, peers };
     }
+    welcome.role = sock.grant.role;
+    welcome.exp = sock.grant.exp;
     this._toClient(sock, welcome);
   }
 
@@ -95,8 +118,34 @@ export class FakeServer {
     });
   }
 
+  /** Send an error frame, then close the connection (1008), as a refusal. */
+  endSession(sock, code, message) {
+    this._toClient(sock, { type: 'error', code, message });
+    sock.toClient.push(() => {
+      if (sock.readyState === 3) return;
+      sock.readyState = 3;
+      this._gone(sock);
+      if (sock.onclose) sock.onclose({ code: 1008 });
+    });
+  }
+
   _fromClient(sock, data) {
     const msg = JSON.parse(data);
+    if (msg.type === 'auth') {
+      this.authFrames.push({ sock, token: msg.token });
+      const grant = this.auth ? this.auth(msg.token) : null;
+      if (!grant || grant.error || grant.sub !== sock.grant.sub) {
+        return this.endSession(sock, 'unauthorized', (grant && grant.message) || 'bad token');
+      }
+      sock.grant = grant;
+      return this._toClient(sock, { type: 'auth', role: grant.role, exp: grant.exp });
+    }
+    if ((msg.type === 'presence' || msg.type === 'op') && sock.grant.role === 'read') {
+      const refusal = { type: 'error', code: 'forbidden', message: 'read only' };
+      if (msg.type === 'op') refusal.seq = msg.seq;
+      this.refused = (this.refused || 0) + 1;
+      return this._toClient(sock, refusal);
+    }
     if (msg.type === 'presence') {
       const p = { selection: msg.selection, user: msg.user || (this.presence.get(sock.clientId) || {}).user || null };
       this.presence.set(sock.clientId, p);
@@ -123,7 +172,7 @@ export class FakeServer {
     this.committed.set(key, this.rev);
     for (const p of this.presence.values()) if (p.selection) p.selection = type.transformSelection(p.selection, op);
     for (const s of this.sockets) {
-      if (s !== sock) this._toClient(s, { type: 'op', rev: this.rev, op, client_id: sock.clientId, seq: msg.seq });
+      if (s !== sock) this._toClient(s, { type: 'op', rev: this.rev, op, client_id: sock.clientId, seq: msg.seq, author: sock.grant.sub });
     }
     if (this.hooks.beforeAck && this.hooks.beforeAck(sock, msg.seq, this.rev) === 'drop') return this.kill(sock);
     this._toClient(sock, { type: 'ack', seq: msg.seq, rev: this.rev });
