@@ -557,6 +557,22 @@ var require_dist = __commonJS({
 var import_ot_text_unicode = __toESM(require_dist(), 1);
 var DEFAULT_BACKOFF = { initial: 250, max: 1e4, factor: 2 };
 var FATAL_CODES = /* @__PURE__ */ new Set(["not_found", "document_deleted", "unauthorized"]);
+var ROLES = /* @__PURE__ */ new Set(["read", "write", "admin"]);
+var REFRESH_MARGIN_MS = 6e4;
+var REFRESH_FRACTION = 0.75;
+var REFRESH_RETRY_MS = 5e3;
+var MAX_TIMER_MS = 2 ** 31 - 1;
+function refreshDelay(exp, now = Date.now()) {
+  const left = exp * 1e3 - now;
+  if (left <= 0) return 0;
+  return Math.max(0, Math.round(Math.max(left - REFRESH_MARGIN_MS, left * REFRESH_FRACTION)));
+}
+function authReason(message) {
+  const m = String(message || "").toLowerCase();
+  if (m.includes("revoked")) return "revoked";
+  if (m.includes("expired")) return "expired";
+  return null;
+}
 var CLIENT_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 function codePointLength(s) {
   let n = s.length;
@@ -620,7 +636,20 @@ function describeError(code, fallback) {
     case "rev_out_of_range":
       return "This page fell out of step with the server. Reloading the document.";
     case "unauthorized":
-      return "You are not allowed to open this document.";
+      switch (authReason(fallback)) {
+        case "revoked":
+          return "Your access to this document was revoked.";
+        case "expired":
+          return "Your access has expired.";
+        default:
+          return "You are not signed in, or your access is not valid.";
+      }
+    case "forbidden":
+      return "You do not have access to this document.";
+    case "read_only":
+      return "You can only read this document: your unsaved edits were discarded.";
+    case "token_refresh_failed":
+      return "Could not renew access to this document. Retrying.";
     case "bad_message":
       return "The server did not understand a message from this page.";
     case "lost_edits":
@@ -642,6 +671,9 @@ var CollabClient = class extends EventTarget {
    * @param {{initial:number,max:number,factor:number}} [options.backoff]
    * @param {number} [options.offlineAfter] failed attempts before `offline` (default 2)
    * @param {boolean} [options.autoConnect] connect now (default true)
+   * @param {string} [options.token] access token (JWT), sent as `?token=`
+   * @param {() => Promise<string>} [options.refreshToken] returns a new token
+   *   for the same user; called before the current one expires
    */
   constructor(options) {
     super();
@@ -652,6 +684,10 @@ var CollabClient = class extends EventTarget {
     this.WebSocketImpl = options.WebSocket || globalThis.WebSocket;
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff || {} };
     this.offlineAfter = options.offlineAfter ?? 2;
+    this.token = typeof options.token === "string" && options.token ? options.token : null;
+    this.refreshToken = typeof options.refreshToken === "function" ? options.refreshToken : null;
+    this.role = null;
+    this.exp = null;
     const saved = this._claim();
     this.clientId = options.clientId || saved.clientId || randomId();
     if (!CLIENT_ID_RE.test(this.clientId)) throw new TypeError("client id must match [A-Za-z0-9_-]{1,64}");
@@ -673,6 +709,10 @@ var CollabClient = class extends EventTarget {
     this._presence = null;
     this._presenceDirty = false;
     this._reload = false;
+    this._refreshTimer = null;
+    this._refreshing = null;
+    this._tokenRenewed = false;
+    this._resyncWhenIdle = false;
     if (globalThis.addEventListener) {
       this._onOnline = () => {
         if (!this._ws && !this._stopped && !this._paused) {
@@ -699,6 +739,10 @@ var CollabClient = class extends EventTarget {
   get connected() {
     return this.status === "connected";
   }
+  /** True while the server has given this connection the `read` role. */
+  get readOnly() {
+    return this.role === "read";
+  }
   // ---- public API -------------------------------------------------------
   /** Open the connection (again). */
   connect() {
@@ -714,6 +758,7 @@ var CollabClient = class extends EventTarget {
     this._stopped = true;
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     if (this._onOnline) globalThis.removeEventListener("online", this._onOnline);
     if (this._onPageHide) {
       globalThis.removeEventListener("pagehide", this._onPageHide);
@@ -743,10 +788,16 @@ var CollabClient = class extends EventTarget {
   }
   /**
    * Apply a local edit (a text-unicode op against `content`) and queue it.
-   * Throws if the op does not apply; then nothing changes.
+   * Throws if the op does not apply, or if the role is `read` (the error's
+   * `code` is 'read_only'); then nothing changes.
    */
   submitOp(op) {
     if (this.content === null) throw new Error("the document is not loaded yet");
+    if (this.readOnly) {
+      const e = new Error("read only: this connection may not edit the document");
+      e.code = "read_only";
+      throw e;
+    }
     const next = import_ot_text_unicode.type.apply(this.content, op);
     this.content = next;
     this._transformPeers(op);
@@ -764,6 +815,105 @@ var CollabClient = class extends EventTarget {
     this._presenceDirty = true;
     this._sendPresence();
   }
+  /**
+   * Use a new token (same user): sent at once as an `auth` frame when
+   * connected, and used for every later connection.
+   */
+  setToken(token) {
+    if (typeof token !== "string" || !token) throw new TypeError("token must be a non-empty string");
+    this.token = token;
+    this._tokenRenewed = true;
+    clearTimeout(this._refreshTimer);
+    this._dispatch("token", { token });
+    this._send({ type: "auth", token });
+  }
+  // ---- access tokens --------------------------------------------------------
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.refreshToken || this.exp === null || this._stopped) return;
+    const delay = refreshDelay(this.exp);
+    this._refreshTimer = setTimeout(() => {
+      if (refreshDelay(this.exp) > 0 && delay >= MAX_TIMER_MS) return this._scheduleRefresh();
+      this._refresh();
+    }, Math.min(delay, MAX_TIMER_MS));
+  }
+  /** Ask the page for a new token and use it; retried until the old one expires. */
+  _refresh() {
+    if (this._refreshing) return this._refreshing;
+    if (this._stopped) return Promise.resolve(false);
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const run = async () => {
+      let token = null;
+      let failure = null;
+      try {
+        token = await this.refreshToken();
+        if (typeof token !== "string" || !token) failure = "refreshToken() returned no token";
+      } catch (e) {
+        failure = String(e && e.message ? e.message : e);
+      }
+      this._refreshing = null;
+      if (this._stopped) return false;
+      if (failure) {
+        this._emitError("token_refresh_failed", failure);
+        const left = this.exp === null ? Infinity : this.exp * 1e3 - Date.now();
+        const delay = Math.max(1e3, Math.min(REFRESH_RETRY_MS, left / 4));
+        clearTimeout(this._refreshTimer);
+        this._refreshTimer = setTimeout(() => this._refresh(), delay);
+        return false;
+      }
+      this.setToken(token);
+      return true;
+    };
+    this._refreshing = run();
+    return this._refreshing;
+  }
+  /** True when the token is known to expire within a few seconds and can be renewed. */
+  _tokenStale() {
+    return !!this.refreshToken && this.exp !== null && !this._tokenRenewed && this.exp * 1e3 - Date.now() < 5e3;
+  }
+  _setRole(role, exp) {
+    const previousRole = this.role;
+    const previousExp = this.exp;
+    if (ROLES.has(role)) this.role = role;
+    if (exp !== void 0) this.exp = typeof exp === "number" ? exp : null;
+    if (this.role !== previousRole || this.exp !== previousExp) {
+      this._dispatch("auth", { role: this.role, exp: this.exp, previousRole });
+    }
+    if (this.readOnly && previousRole !== "read") this._becameReadOnly();
+    else if (!this.readOnly && previousRole === "read" && this._presence) {
+      this._presenceDirty = true;
+      this._sendPresence();
+    }
+  }
+  /**
+   * The role dropped to read: unsent edits would be refused. Drop them and
+   * reload the server's content once the op in flight (if any) is answered.
+   */
+  _becameReadOnly() {
+    const lost = this.bufferEdits;
+    if (!this.buffer && !this.inflight) return;
+    this.buffer = null;
+    this.bufferEdits = 0;
+    if (lost) this._emitError("read_only", `${lost} unsynced edits were dropped`);
+    if (this.inflight) {
+      this._resyncWhenIdle = true;
+      this._reload = true;
+    } else {
+      this._reload = true;
+      this._reconnectSoon();
+    }
+    this._emitStatus();
+  }
+  _stopFor(status) {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
+    this._drop();
+    this._setStatus(status);
+  }
   // ---- connection ---------------------------------------------------------
   _wsUrl() {
     const u = new URL(this.baseUrl);
@@ -773,10 +923,16 @@ var CollabClient = class extends EventTarget {
     u.search = "";
     u.searchParams.set("client_id", this.clientId);
     if (this.rev !== null && !this._reload) u.searchParams.set("since", String(this.rev));
+    if (this.token) u.searchParams.set("token", this.token);
     return u.toString();
   }
-  _open() {
+  _open(staleChecked = false) {
     if (this._stopped || this._paused || this._ws) return;
+    if (!staleChecked && this._tokenStale()) {
+      this._setStatus(this._disconnectedStatus());
+      this._refresh().then(() => this._open(true));
+      return;
+    }
     this._setStatus(this.rev === null && this._attempts === 0 ? "connecting" : this._disconnectedStatus());
     let ws;
     try {
@@ -786,6 +942,7 @@ var CollabClient = class extends EventTarget {
       return;
     }
     this._ws = ws;
+    this._wsToken = this.token;
     this._welcomed = false;
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -865,6 +1022,11 @@ var CollabClient = class extends EventTarget {
         return;
       case "error":
         return this._onError(msg);
+      case "auth":
+        this._tokenRenewed = false;
+        this._setRole(msg.role, msg.exp);
+        this._scheduleRefresh();
+        return;
       default:
         return;
     }
@@ -878,6 +1040,15 @@ var CollabClient = class extends EventTarget {
     this._retryDelay = 0;
     const wasReload = this._reload;
     this._reload = false;
+    this._resyncWhenIdle = false;
+    if (this._wsToken === this.token) this._tokenRenewed = false;
+    const previousRole = this.role;
+    const previousExp = this.exp;
+    if (ROLES.has(msg.role)) this.role = msg.role;
+    if (msg.exp !== void 0) this.exp = typeof msg.exp === "number" ? msg.exp : null;
+    if (this.role !== previousRole || this.exp !== previousExp) {
+      this._dispatch("auth", { role: this.role, exp: this.exp, previousRole });
+    }
     if (Array.isArray(msg.ops)) {
       for (const entry of msg.ops) {
         if (entry.rev <= this.rev) continue;
@@ -921,6 +1092,20 @@ var CollabClient = class extends EventTarget {
     }
     this._dispatch("peers", { peers: this.peers });
     this._setStatus("connected");
+    this._scheduleRefresh();
+    if (this._wsToken !== this.token && this.token) {
+      this._send({ type: "auth", token: this.token });
+    }
+    if (this.readOnly && this.pending > 0) {
+      const lost = this.pending;
+      this.inflight = null;
+      this.buffer = null;
+      this.bufferEdits = 0;
+      this._emitError("read_only", `${lost} unsynced edits were dropped`);
+      this._reload = true;
+      this._reconnectSoon();
+      return;
+    }
     if (this.inflight) {
       this._send({ type: "op", rev: this.rev, seq: this.inflight.seq, op: this.inflight.op });
     } else {
@@ -939,6 +1124,13 @@ var CollabClient = class extends EventTarget {
     this.inflight = null;
     this.rev = rev;
     this._dispatch("ack", { seq, rev });
+    if (this._resyncWhenIdle) {
+      this._resyncWhenIdle = false;
+      this._reload = true;
+      this._reconnectSoon();
+      this._emitStatus();
+      return;
+    }
     if (flush) this._flush();
     this._sendPresence();
     this._emitStatus();
@@ -979,14 +1171,31 @@ var CollabClient = class extends EventTarget {
   }
   _onError(msg) {
     const code = msg.code || "error";
-    const fatal = FATAL_CODES.has(code);
     const ours = this.inflight && msg.seq != null && msg.seq === this.inflight.seq;
+    if (code === "forbidden" && this._welcomed) {
+      if (ours) {
+        const lost = this.pending;
+        this.inflight = null;
+        this.buffer = null;
+        this.bufferEdits = 0;
+        this._resyncWhenIdle = false;
+        this._emitError(code, msg.message, msg.seq, false, describeError("read_only"));
+        this._setRole("read");
+        if (lost > 0) {
+          this._reload = true;
+          this._reconnectSoon();
+        }
+        this._emitStatus();
+      } else if (msg.seq == null) {
+        this._presenceDirty = false;
+        this._setRole("read");
+      }
+      return;
+    }
+    const fatal = FATAL_CODES.has(code) || code === "forbidden";
     this._emitError(code, msg.message, msg.seq, fatal);
     if (fatal) {
-      this._stopped = true;
-      clearTimeout(this._timer);
-      this._drop();
-      this._setStatus("closed");
+      this._stopFor(code === "unauthorized" || code === "forbidden" ? code : "closed");
       return;
     }
     if (!ours) return;
@@ -1008,7 +1217,7 @@ var CollabClient = class extends EventTarget {
   }
   // ---- sending ----------------------------------------------------------------
   _flush() {
-    if (this.inflight || !this.buffer || !this._welcomed || !this._ws) return;
+    if (this.inflight || !this.buffer || !this._welcomed || !this._ws || this.readOnly) return;
     const op = this.buffer;
     const seq = this.nextSeq++;
     this.inflight = { seq, op, edits: this.bufferEdits };
@@ -1018,6 +1227,7 @@ var CollabClient = class extends EventTarget {
   }
   _sendPresence() {
     if (!this._presenceDirty || !this._presence) return;
+    if (this.readOnly) return;
     if (this.buffer) return;
     const msg = { type: "presence", selection: this._presence.selection };
     if (this._presence.user) msg.user = this._presence.user;
@@ -1070,8 +1280,15 @@ var CollabClient = class extends EventTarget {
   _emitStatus() {
     this._dispatch("status", { status: this.status, pending: this.pending });
   }
-  _emitError(code, message, seq, fatal = false) {
-    this._dispatch("error", { code, message: message || "", text: describeError(code, message), seq: seq ?? null, fatal });
+  _emitError(code, message, seq, fatal = false, text = null) {
+    this._dispatch("error", {
+      code,
+      message: message || "",
+      text: text || describeError(code, message),
+      seq: seq ?? null,
+      fatal,
+      reason: code === "unauthorized" ? authReason(message) : null
+    });
   }
   _dispatch(name, detail) {
     this.dispatchEvent(new CustomEvent(name, { detail }));
@@ -1080,8 +1297,10 @@ var CollabClient = class extends EventTarget {
 var export_textType = import_ot_text_unicode.type;
 export {
   CollabClient,
+  authReason,
   codePointLength,
   describeError,
   diffOp,
+  refreshDelay,
   export_textType as textType
 };
