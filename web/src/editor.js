@@ -89,6 +89,8 @@ export function opToChanges(op, doc) {
   return changes;
 }
 
+const readOnlyExtensions = [EditorState.readOnly.of(true), EditorView.editable.of(false)];
+
 /** Marks transactions that came from the server. */
 export const remoteChange = Annotation.define();
 
@@ -172,6 +174,10 @@ const peersField = StateField.define({
  * @param {HTMLElement} o.parent
  * @param {() => {name:string,color:string}} o.user the local user, read at each presence update
  * @returns {{view: EditorView, setReadOnly(b:boolean):void, refreshPeers():void, sendPresence():void, destroy():void}}
+ *
+ * The view starts read only when `client.readOnly`; `setReadOnly` switches it
+ * (a Compartment holding EditorState.readOnly and EditorView.editable), e.g.
+ * when a refreshed token changes the role.
  */
 export function bindEditor({ client, parent, user }) {
   const editable = new Compartment();
@@ -216,7 +222,11 @@ export function bindEditor({ client, parent, user }) {
         highlightActiveLine(),
         EditorView.lineWrapping,
         keymap.of([...defaultKeymap, ...historyKeymap, indentWithTab]),
-        editable.of([]),
+        editable.of(client.readOnly ? readOnlyExtensions : []),
+        // Belt and braces: while the connection is read only, no local change
+        // reaches the document (the client would refuse it anyway, and the
+        // editor would then differ from client.content).
+        EditorState.changeFilter.of((tr) => !client.readOnly || !!tr.annotation(remoteChange)),
         peersField,
         listener,
       ],
@@ -248,7 +258,7 @@ export function bindEditor({ client, parent, user }) {
     sendPresence,
     refreshPeers,
     setReadOnly(ro) {
-      view.dispatch({ effects: editable.reconfigure(ro ? [EditorState.readOnly.of(true), EditorView.editable.of(false)] : []) });
+      view.dispatch({ effects: editable.reconfigure(ro ? readOnlyExtensions : []) });
     },
     destroy() {
       clearTimeout(presenceTimer);

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchBrowser, newUser, restClient, startServer, waitFor, watchErrors } from './harness.mjs';
+import { launchBrowser, mintToken, newUser, restClient, startServer, waitFor, watchErrors } from './harness.mjs';
 
 const artifacts = join(dirname(fileURLToPath(import.meta.url)), 'artifacts');
 
@@ -39,10 +39,10 @@ const state = (page) =>
     return c && { status: c.status, pending: c.pending, rev: c.rev, content: c.content, clientId: c.clientId, editor: v ? v.state.doc.toString() : null };
   });
 
-async function openEditor(context, base, id) {
+async function openEditor(context, base, id, fragment = '') {
   const page = await context.newPage();
   const errors = watchErrors(page);
-  await page.goto(`${base}/d/${id}`);
+  await page.goto(`${base}/d/${id}${fragment}`);
   await waitFor(async () => {
     const s = await state(page);
     return s && s.status === 'connected' && s.editor !== null;
@@ -335,3 +335,281 @@ async function saveSideBySide(pages, file) {
   await writeFile(file, await page.screenshot({ fullPage: true }));
   await ctx.close();
 }
+
+// ---- access control (token mode) ---------------------------------------------------
+
+const SECRET = 'web-test-secret-0123456789abcdef-0123456789';
+const nowSecs = () => Math.floor(Date.now() / 1000);
+const token = (claims) => mintToken(SECRET, { exp: nowSecs() + 3600, iat: nowSecs(), ...claims });
+const tokenMode = { env: { COLLAB_AUTH_SECRET: SECRET } };
+
+/** Run `fn(server, adminRest, adminToken)` against a server in token mode. */
+function withTokenServer(fn) {
+  return withServer(async (server) => {
+    const adminToken = token({ sub: 'owner', name: 'Owner', docs: { '*': 'admin' } });
+    await fn(server, restClient(server.url, adminToken), adminToken);
+  }, tokenMode);
+}
+
+const editable = (page) => page.locator('.cm-content').getAttribute('contenteditable');
+
+test('open mode: no read-only badge, no Share, role admin', async () => {
+  await withServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Open', content: 'x' })).body;
+    const ctx = await newUser(browser, 'Ann', '#e6194b');
+    const a = await openEditor(ctx, server.url, doc.id);
+    assert.deepEqual(await a.page.evaluate(() => [window.collab.client.role, window.collab.client.exp]), ['admin', null]);
+    assert.equal(await a.page.locator('.readonly-badge').isVisible(), false);
+    assert.equal(await a.page.locator('button.share').isVisible(), false);
+    assert.equal(await editable(a.page), 'true');
+    assert.deepEqual(a.errors, []);
+    await ctx.close();
+  });
+});
+
+test('token mode: a read link shows the badge, cannot type, and leaves no token in the address', async () => {
+  await withTokenServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Read me', content: 'original text\n' })).body;
+    const link = await rest('POST', `/api/documents/${doc.id}/links`, { role: 'read', ttl_secs: 3600 });
+    assert.equal(link.status, 201, JSON.stringify(link.body));
+    assert.match(link.body.url, new RegExp(`^/d/${doc.id}#token=`));
+
+    const reader = await newUser(browser, 'Rita', '#4363d8');
+    const r = await openEditor(reader, server.url, doc.id, link.body.url.slice(link.body.url.indexOf('#')));
+    // The fragment is gone from the address bar and from this entry of the history.
+    const where = await r.page.evaluate(() => ({ href: location.href, hash: location.hash, stored: !!sessionStorage.getItem('collab:token') }));
+    assert.equal(where.href, `${server.url}/d/${doc.id}`);
+    assert.equal(where.hash, '');
+    assert.equal(where.stored, true);
+    assert.ok(!r.page.url().includes('token'), r.page.url());
+
+    await r.page.locator('.readonly-badge', { hasText: 'Read only' }).waitFor({ state: 'visible' });
+    assert.equal(await r.page.locator('button.share').isVisible(), false);
+    assert.equal(await r.page.evaluate(() => window.collab.client.role), 'read');
+    assert.equal(await editable(r.page), 'false');
+
+    // Typing changes nothing, here or on the server.
+    await r.page.click('.cm-content');
+    await r.page.keyboard.press('Control+End');
+    await r.page.keyboard.type('hacked', { delay: 10 });
+    await r.page.keyboard.press('Backspace');
+    const refused = await r.page.evaluate(() => {
+      try {
+        window.collab.client.submitOp(['x']);
+        return 'accepted';
+      } catch (e) {
+        return e.code;
+      }
+    });
+    assert.equal(refused, 'read_only');
+    await new Promise((res) => setTimeout(res, 500));
+    const after = (await rest('GET', `/api/documents/${doc.id}`)).body;
+    assert.equal(after.content, 'original text\n');
+    assert.equal(after.rev, 0);
+    const s = await state(r.page);
+    assert.equal(s.editor, 'original text\n');
+    assert.equal(s.content, 'original text\n');
+    assert.equal(s.pending, 0);
+
+    // A writer's edits still arrive.
+    const writer = await newUser(browser, 'Walt', '#3cb44b');
+    const w = await openEditor(writer, server.url, doc.id, '#token=' + token({ sub: 'walt', docs: { [doc.id]: 'write' } }));
+    assert.equal(await w.page.locator('.readonly-badge').isVisible(), false);
+    await w.page.click('.cm-content');
+    await w.page.keyboard.press('Control+End');
+    await w.page.keyboard.type('from Walt');
+    await converged(rest, doc.id, [r.page, w.page]);
+    assert.equal((await state(r.page)).editor, 'original text\nfrom Walt');
+
+    // A reload keeps working (the token is kept for this tab), still read only.
+    await r.page.reload();
+    await waitFor(async () => (await state(r.page))?.status === 'connected' && (await state(r.page)).editor !== null, { what: 'reconnect after reload' });
+    await r.page.locator('.readonly-badge').waitFor({ state: 'visible' });
+    assert.equal(await editable(r.page), 'false');
+    assert.deepEqual([...r.errors, ...w.errors], []);
+    await reader.close();
+    await writer.close();
+  });
+});
+
+test('token mode: revoking the user ends the page with "Access revoked"', async () => {
+  await withTokenServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Revoke', content: 'abc' })).body;
+    const ctx = await newUser(browser, 'Ann', '#f58231');
+    const ann = token({ sub: 'ann', jti: 'ann-1', docs: { [doc.id]: 'write' } });
+    const a = await openEditor(ctx, server.url, doc.id, '#token=' + ann);
+    assert.equal(await editable(a.page), 'true');
+    await a.page.click('.cm-content');
+    await a.page.keyboard.type('ok ');
+    await converged(rest, doc.id, [a.page]);
+
+    const revoked = await rest('POST', '/api/auth/revocations', { sub: 'ann' });
+    assert.equal(revoked.status, 204, JSON.stringify(revoked.body));
+    await a.page.locator('.banner', { hasText: 'Access revoked' }).waitFor({ timeout: 5000 });
+    await waitFor(async () => (await editable(a.page)) === 'false', { what: 'read-only editor' });
+    assert.equal(await a.page.locator('.status').textContent(), 'signed out');
+    const detail = await a.page.evaluate(() => window.collab.client.status);
+    assert.equal(detail, 'unauthorized');
+
+    // The same tab, reloaded: still refused, in the same words, and the list says so too.
+    await a.page.reload();
+    await a.page.locator('.banner', { hasText: /revoked/ }).waitFor();
+    await a.page.goto(server.url + '/');
+    await a.page.locator('p.error', { hasText: /revoked/ }).waitFor();
+    assert.equal(await a.page.locator('form.create').isVisible(), false);
+    assert.deepEqual(a.errors, []);
+    await ctx.close();
+  });
+});
+
+test('token mode: expired links, missing tokens and foreign documents are refused in plain words', async () => {
+  await withTokenServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Private', content: 'secret' })).body;
+    const ctx = await browser.newContext();
+
+    const expired = await ctx.newPage();
+    const old = mintToken(SECRET, { sub: 'late', iat: nowSecs() - 7200, exp: nowSecs() - 3600, docs: { [doc.id]: 'read' } });
+    await expired.goto(`${server.url}/d/${doc.id}#token=${old}`);
+    await expired.locator('.banner', { hasText: 'This link has expired' }).waitFor();
+    assert.equal(await expired.evaluate(() => window.collab.client.status), 'unauthorized');
+    assert.equal(await expired.evaluate(() => location.hash), '');
+
+    const other = await ctx.newPage();
+    await other.goto(`${server.url}/d/${doc.id}#token=${token({ sub: 'eve', docs: { 'elsewhere-*': 'admin' } })}`);
+    await other.locator('.banner', { hasText: 'You do not have access to this document' }).waitFor();
+    assert.equal(await other.evaluate(() => window.collab.client.status), 'forbidden');
+
+    const anon = await browser.newContext();
+    const list = await anon.newPage();
+    await list.goto(server.url + '/');
+    await list.locator('p.error', { hasText: /not signed in/ }).waitFor();
+    assert.equal(await list.locator('form.create').isVisible(), false);
+    const page = await anon.newPage();
+    await page.goto(`${server.url}/d/${doc.id}`);
+    await page.locator('.banner', { hasText: /not signed in/ }).waitFor();
+    assert.equal((await rest('GET', `/api/documents/${doc.id}`)).body.content, 'secret');
+    await ctx.close();
+    await anon.close();
+  });
+});
+
+test('token mode: the document list shows only what the token may read', async () => {
+  await withTokenServer(async (server, rest) => {
+    for (const id of ['team-a-1', 'team-a-2', 'team-b-1']) {
+      assert.equal((await rest('POST', '/api/documents', { id, title: `Doc ${id}` })).status, 201);
+    }
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const errors = watchErrors(page);
+    await page.goto(`${server.url}/#token=${token({ sub: 'ann', docs: { 'team-a-*': 'read', 'team-a-2': 'admin' } })}`);
+    await page.locator('tr[data-id="team-a-1"]').waitFor();
+    await page.locator('tr[data-id="team-a-2"]').waitFor();
+    assert.equal(await page.locator('tbody tr').count(), 2);
+    assert.equal(await page.evaluate(() => location.href), server.url + '/');
+    assert.equal(await page.locator('form.create').isVisible(), false, 'no admin on *');
+    assert.equal(await page.locator('tr[data-id="team-a-1"] button').count(), 0, 'read only: no rename or delete');
+    assert.equal(await page.locator('tr[data-id="team-a-2"] button', { hasText: 'Rename' }).count(), 1);
+
+    // The links carry no token; the tab keeps it.
+    await page.locator('tr[data-id="team-a-1"] a.title').click();
+    await page.waitForURL(`${server.url}/d/team-a-1`);
+    await page.locator('.readonly-badge').waitFor({ state: 'visible' });
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  });
+});
+
+test('token mode: an admin shares a read link that opens read only in another page, and a write link', async () => {
+  await withTokenServer(async (server, rest, adminToken) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Shared', content: 'hello\n' })).body;
+    const ownerCtx = await newUser(browser, 'Olga', '#911eb4');
+    const o = await openEditor(ownerCtx, server.url, doc.id, '#token=' + adminToken);
+    assert.equal(await o.page.evaluate(() => window.collab.client.role), 'admin');
+    await o.page.locator('button.share').click();
+    await o.page.locator('.share-panel').waitFor({ state: 'visible' });
+
+    const makeLink = async (role) => {
+      await o.page.selectOption('.share-role', role);
+      const before = await o.page.locator('.share-url').inputValue();
+      await o.page.locator('button.create-link').click();
+      await waitFor(async () => {
+        const v = await o.page.locator('.share-url').inputValue();
+        return v && v !== before && (await o.page.locator('.share-url').isVisible());
+      }, { what: `a ${role} link` });
+      return o.page.locator('.share-url').inputValue();
+    };
+
+    const readUrl = await makeLink('read');
+    assert.ok(readUrl.startsWith(`${server.url}/d/${doc.id}#token=`), readUrl);
+    await o.page.locator('button.copy').click();
+    await o.page.locator('button.copy', { hasText: /Copied|Ctrl\+C/ }).waitFor();
+
+    const guestCtx = await newUser(browser, 'Gus', '#008080');
+    const g = await guestCtx.newPage();
+    const gErrors = watchErrors(g);
+    await g.goto(readUrl);
+    await waitFor(async () => (await state(g))?.status === 'connected' && (await state(g)).editor !== null, { what: 'the guest to connect' });
+    await g.locator('.readonly-badge', { hasText: 'Read only' }).waitFor({ state: 'visible' });
+    assert.equal(await g.locator('button.share').isVisible(), false);
+    assert.equal(await editable(g), 'false');
+    await g.click('.cm-content');
+    await g.keyboard.type('guest was here');
+    await o.page.click('.cm-content');
+    await o.page.keyboard.press('Control+End');
+    await o.page.keyboard.type('owner edit');
+    await converged(rest, doc.id, [o.page, g]);
+    assert.equal((await rest('GET', `/api/documents/${doc.id}`)).body.content, 'hello\nowner edit');
+
+    // A write link: the next guest can edit.
+    const writeUrl = await makeLink('write');
+    const editorCtx = await newUser(browser, 'Eda', '#42a5a5');
+    const e = await editorCtx.newPage();
+    const eErrors = watchErrors(e);
+    await e.goto(writeUrl);
+    await waitFor(async () => (await state(e))?.status === 'connected' && (await state(e)).editor !== null, { what: 'the editor guest to connect' });
+    assert.equal(await e.locator('.readonly-badge').isVisible(), false);
+    await e.click('.cm-content');
+    await e.keyboard.press('Control+Home');
+    await e.keyboard.type('Eda: ');
+    const content = await converged(rest, doc.id, [o.page, g, e]);
+    assert.equal(content, 'Eda: hello\nowner edit');
+    const ops = (await rest('GET', `/api/documents/${doc.id}/ops?since=0&limit=100`)).body.ops;
+    assert.ok(ops.length >= 2);
+    assert.deepEqual([...o.errors, ...gErrors, ...eErrors], []);
+    await ownerCtx.close();
+    await guestCtx.close();
+    await editorCtx.close();
+  });
+});
+
+test('token mode: a refreshed token with less access makes the editor read only at once', async () => {
+  await withTokenServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Downgrade', content: '' })).body;
+    const ctx = await newUser(browser, 'Ann', '#c2185b');
+    const a = await openEditor(ctx, server.url, doc.id, '#token=' + token({ sub: 'ann', docs: { [doc.id]: 'write' } }));
+    await a.page.click('.cm-content');
+    await a.page.keyboard.type('before ');
+    await converged(rest, doc.id, [a.page]);
+
+    // What a page's refreshToken callback would do, with a read-only token for the same user.
+    const readToken = token({ sub: 'ann', docs: { [doc.id]: 'read' } });
+    await a.page.evaluate((t) => window.collab.client.setToken(t), readToken);
+    await a.page.locator('.readonly-badge').waitFor({ state: 'visible' });
+    await waitFor(async () => (await editable(a.page)) === 'false', { what: 'read-only editor' });
+    await a.page.keyboard.type('after');
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal((await rest('GET', `/api/documents/${doc.id}`)).body.content, 'before ');
+    assert.equal((await state(a.page)).editor, 'before ');
+
+    // And back to write.
+    await a.page.evaluate((t) => window.collab.client.setToken(t), token({ sub: 'ann', docs: { [doc.id]: 'write' } }));
+    await a.page.locator('.readonly-badge').waitFor({ state: 'hidden' });
+    await waitFor(async () => (await editable(a.page)) === 'true', { what: 'editable again' });
+    await a.page.click('.cm-content');
+    await a.page.keyboard.press('Control+End');
+    await a.page.keyboard.type('again');
+    assert.equal(await converged(rest, doc.id, [a.page]), 'before again');
+    assert.deepEqual(a.errors, []);
+    await ctx.close();
+  });
+});

@@ -2,6 +2,7 @@
 // file, and headless Chromium (Debian's) driven by playwright-core.
 
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { access, mkdtemp, rm } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,8 +33,9 @@ export async function waitFor(fn, { timeout = 10000, interval = 25, what = 'cond
 
 /**
  * Start `collab serve` on 127.0.0.1 with a fresh database. `port` 0 picks a
- * free port (read from the "listening" log line). Returns {url, port, stop,
- * restart, kill}.
+ * free port (read from the "listening" log line); `env` adds environment
+ * variables (e.g. `{COLLAB_AUTH_SECRET: '…'}` for token mode). Returns {url,
+ * port, stop, restart, kill}.
  */
 export async function startServer({ port = 0, dir = null, env = {} } = {}) {
   try {
@@ -126,12 +128,24 @@ export async function startServer({ port = 0, dir = null, env = {} } = {}) {
   return server;
 }
 
-/** REST helper against a started server. */
-export function restClient(base) {
+/**
+ * An HS256 JWT, as an application backend would mint one for collab:
+ * base64url(header) "." base64url(claims) "." base64url(HMAC-SHA256(secret, the two)).
+ */
+export function mintToken(secret, claims) {
+  const part = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
+}
+
+/** REST helper against a started server; with `token`, sent as `Authorization: Bearer`. */
+export function restClient(base, token = null) {
   return async function rest(method, path, body) {
+    const headers = body === undefined ? {} : { 'Content-Type': 'application/json' };
+    if (token) headers.Authorization = `Bearer ${token}`;
     const res = await fetch(base + path, {
       method,
-      headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
