@@ -225,6 +225,7 @@ impl Task {
                 op,
                 client_id,
                 seq,
+                ..
             } => {
                 let op = self.client.remote(rev, op).map_err(|e| {
                     tracing::warn!(error = %e, "out of step with the server; resuming");
@@ -243,6 +244,7 @@ impl Task {
                 client_id,
                 selection,
                 user,
+                ..
             } => Event::Presence {
                 client_id,
                 selection,
@@ -266,6 +268,7 @@ impl Task {
                 return Ok(None);
             }
             ServerMessage::Welcome { .. } => return Err(Ended::Dropped),
+            ServerMessage::Auth { .. } => return Ok(None),
         };
         self.emit(event).await;
         Ok(None)
@@ -346,6 +349,7 @@ impl Task {
                     op: r.op,
                     client_id: r.client_id,
                     seq: r.seq,
+                    author: r.author,
                 })
                 .collect();
             let seen = self.client.resume(&committed).map_err(|e| {

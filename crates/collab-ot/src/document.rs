@@ -63,6 +63,9 @@ pub struct Committed {
     pub op: Operation,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
+    /// Who made it: the `sub` of the token it was sent with; `None` when
+    /// the server is open (no access control).
+    pub author: Option<String>,
 }
 
 /// The outcome of a successful [`Document::submit`].
@@ -106,6 +109,9 @@ pub struct Peer {
     /// `[anchor, head]`, kept current through every committed operation.
     pub selection: Option<[usize; 2]>,
     pub user: serde_json::Value,
+    /// The authenticated user behind the connection (the token's `sub`),
+    /// when the server checks tokens.
+    pub user_id: Option<String>,
 }
 
 /// Most transform work spent checking that a resend is the edit it claims
@@ -183,6 +189,18 @@ impl Document {
         base_rev: u64,
         op: Operation,
     ) -> Result<Submitted, SubmitError> {
+        self.submit_as(None, client_id, seq, base_rev, op)
+    }
+
+    /// [`Document::submit`], recording `author` as the op's author.
+    pub fn submit_as(
+        &mut self,
+        author: Option<&str>,
+        client_id: Option<&str>,
+        seq: Option<u64>,
+        base_rev: u64,
+        op: Operation,
+    ) -> Result<Submitted, SubmitError> {
         if let (Some(client_id), Some(seq)) = (client_id, seq) {
             if let Some(rev) = self.duplicate(client_id, seq, base_rev, &op)? {
                 return Ok(Submitted::Duplicate { rev });
@@ -192,7 +210,7 @@ impl Document {
         let oldest = self.oldest_rev();
         let concurrent = self.history.range((base_rev - oldest) as usize..);
         let op = concurrent.fold(op, |op, e| transform(&op, &e.committed.op, Side::Left));
-        self.commit_current(client_id, seq, op)
+        self.commit_current(author, client_id, seq, op)
     }
 
     /// Everything about a submission that can be known without transforming
@@ -266,6 +284,7 @@ impl Document {
     /// revision (checked here again: it must apply and fit the size limit).
     fn commit_current(
         &mut self,
+        author: Option<&str>,
         client_id: Option<&str>,
         seq: Option<u64>,
         op: Operation,
@@ -284,6 +303,7 @@ impl Document {
             op,
             client_id: client_id.map(str::to_owned),
             seq,
+            author: author.map(str::to_owned),
         };
         self.commit(committed.clone());
         Ok(Submitted::Applied(committed))
@@ -343,6 +363,7 @@ impl Document {
         client_id: &str,
         selection: Option<[usize; 2]>,
         user: Option<serde_json::Value>,
+        user_id: Option<&str>,
     ) -> &Peer {
         let len = self.content.len_chars();
         let peer = self
@@ -352,7 +373,11 @@ impl Document {
                 client_id: client_id.to_owned(),
                 selection: None,
                 user: serde_json::Value::Object(Default::default()),
+                user_id: None,
             });
+        if let Some(user_id) = user_id {
+            peer.user_id = Some(user_id.to_owned());
+        }
         peer.selection = selection.map(|[a, h]| [a.min(len), h.min(len)]);
         if let Some(user) = user {
             peer.user = user;
@@ -578,8 +603,13 @@ mod tests {
     #[test]
     fn peers_follow_edits_and_resume_lists_are_bounded() {
         let mut d = doc("hello");
-        d.set_presence("p", Some([5, 2]), Some(serde_json::json!({"name": "P"})));
-        d.set_presence("q", Some([99, 0]), None);
+        d.set_presence(
+            "p",
+            Some([5, 2]),
+            Some(serde_json::json!({"name": "P"})),
+            None,
+        );
+        d.set_presence("q", Some([99, 0]), None, Some("user-q"));
         d.submit(None, None, 0, op(r#"["ab", 3, {"d": 1}]"#))
             .unwrap();
         let sel: Vec<_> = d.peers().map(|p| p.selection).collect();
@@ -675,6 +705,7 @@ mod tests {
             op: op(r#"[2, "c"]"#),
             client_id: Some("a".into()),
             seq: Some(1),
+            author: Some("alice".into()),
         };
         d.replay(c.clone()).unwrap();
         assert_eq!(d.content().to_string(), "abc");

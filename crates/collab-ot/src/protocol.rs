@@ -18,8 +18,49 @@ pub struct OpRecord {
     pub op: Operation,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
+    /// The `sub` of the token the op was sent with; `null` in open mode.
+    #[serde(default)]
+    pub author: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
+}
+
+/// What a token lets its holder do with one document, lowest first, so
+/// roles compare with `<`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// See the document and everyone's edits and cursors.
+    Read,
+    /// Also edit it and show a cursor.
+    Write,
+    /// Also rename, delete and share it.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A frame from a client.
@@ -34,7 +75,14 @@ pub enum ClientMessage {
         selection: Option<[usize; 2]>,
         user: Option<User>,
     },
+    /// A fresh token for the same user, replacing the connection's current one.
+    Auth {
+        token: String,
+    },
 }
+
+/// Longest token an `auth` frame may carry, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Who a peer is, as shown next to their cursor. Other keys a client sends
 /// are dropped; both strings are bounded ([`MAX_USER_NAME_CHARS`],
@@ -63,6 +111,18 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ops: Option<Vec<OpRecord>>,
         peers: Vec<PeerInfo>,
+        /// The connection's role on this document (`admin` in open mode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        /// When the connection's token expires (Unix seconds); `null` in
+        /// open mode.
+        #[serde(default)]
+        exp: Option<u64>,
+    },
+    /// The answer to a client's `auth` frame: the refreshed token's grant.
+    Auth {
+        role: Role,
+        exp: u64,
     },
     Ack {
         seq: u64,
@@ -73,11 +133,16 @@ pub enum ServerMessage {
         op: Operation,
         client_id: Option<String>,
         seq: Option<u64>,
+        #[serde(default)]
+        author: Option<String>,
     },
     Presence {
         client_id: String,
         selection: Option<[usize; 2]>,
         user: serde_json::Value,
+        /// The token's `sub` in token mode; absent in open mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
     },
     Leave {
         client_id: String,
@@ -96,6 +161,8 @@ pub struct PeerInfo {
     pub client_id: String,
     pub selection: Option<[usize; 2]>,
     pub user: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl From<&Peer> for PeerInfo {
@@ -104,6 +171,7 @@ impl From<&Peer> for PeerInfo {
             client_id: p.client_id.clone(),
             selection: p.selection,
             user: p.user.clone(),
+            user_id: p.user_id.clone(),
         }
     }
 }
@@ -119,7 +187,10 @@ pub enum ErrorCode {
     RateLimited,
     NotFound,
     DocumentDeleted,
+    /// No valid token: missing, malformed, badly signed, expired or revoked.
     Unauthorized,
+    /// A valid token that does not grant this (the document, or the role).
+    Forbidden,
     /// The server could not take the edit right now (its store failed); the
     /// client reconnects and resends, nothing was applied.
     Unavailable,
@@ -182,6 +253,9 @@ enum RawClientMessage {
         #[serde(default)]
         user: Option<User>,
     },
+    Auth {
+        token: String,
+    },
 }
 
 /// Parses one text frame from a client. The JSON is read strictly
@@ -209,6 +283,16 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
                 check_user(user)?;
             }
             Ok(ClientMessage::Presence { selection, user })
+        }
+        RawClientMessage::Auth { token } => {
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(FrameError {
+                    code: ErrorCode::TooLarge,
+                    message: format!("a token is at most {MAX_TOKEN_BYTES} bytes"),
+                    seq: None,
+                });
+            }
+            Ok(ClientMessage::Auth { token })
         }
     }
 }
@@ -243,6 +327,7 @@ impl ClientMessage {
                 }
                 None => serde_json::json!({"type": "presence", "selection": selection}),
             },
+            ClientMessage::Auth { token } => serde_json::json!({"type": "auth", "token": token}),
         };
         value.to_string()
     }
@@ -370,11 +455,25 @@ mod tests {
             content: Some("hi".into()),
             ops: None,
             peers: vec![],
+            role: Some(Role::Write),
+            exp: Some(1_900_000_000),
         };
         assert_eq!(
             welcome.to_json(),
-            r#"{"type":"welcome","client_id":"c","rev":2,"content":"hi","peers":[]}"#
+            r#"{"type":"welcome","client_id":"c","rev":2,"content":"hi","peers":[],"role":"write","exp":1900000000}"#
         );
+        let auth = parse_client_message(r#"{"type":"auth","token":"a.b.c"}"#).unwrap();
+        assert_eq!(parse_client_message(&auth.to_json()).unwrap(), auth);
+        assert_eq!(
+            ServerMessage::Auth {
+                role: Role::Read,
+                exp: 5
+            }
+            .to_json(),
+            r#"{"type":"auth","role":"read","exp":5}"#
+        );
+        assert!(Role::Read < Role::Write && Role::Write < Role::Admin);
+        assert!(ErrorCode::Forbidden.is_recoverable());
         let err = FrameError::bad("x").to_message();
         assert_eq!(
             err.to_json(),

@@ -11,9 +11,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::Auth;
 use crate::cluster::{self, ClusterLink};
 use crate::config::Config;
 use crate::error::AppError;
@@ -35,8 +36,12 @@ pub struct AppState {
     /// Turns true when the server starts shutting down, so long-lived
     /// WebSocket sessions close and let the graceful shutdown finish.
     pub closing: watch::Receiver<bool>,
+    /// Keys, leeway and revocations: who may do what.
+    pub auth: Auth,
     /// What the in-process snapshot worker has done so far.
     pub snapshots: SnapshotStats,
+    /// How often the revocations table is read.
+    revocation_poll: Duration,
     /// The in-process snapshot worker, until [`run`] starts it.
     snapshot_worker: Arc<std::sync::Mutex<Option<SnapshotWorker>>>,
 }
@@ -78,22 +83,31 @@ impl Edge {
 }
 
 impl AppState {
-    /// A single instance (no cluster).
-    pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Self {
-        Self::with_cluster(store, config, None)
+    /// A single instance (no cluster). Fails on a bad key setting.
+    pub fn new(store: Arc<dyn DocumentStore>, config: &Config) -> Result<Self, String> {
+        Ok(Self::with_cluster(
+            store,
+            config,
+            None,
+            Auth::new(config.verifier()?),
+        ))
     }
 
     fn with_cluster(
         store: Arc<dyn DocumentStore>,
         config: &Config,
         cluster: Option<ClusterLink>,
+        auth: Auth,
     ) -> Self {
+        let auth = auth.with_cluster(cluster.clone());
         let (notifier, worker) =
             SnapshotWorker::in_process(Arc::clone(&store), config.snapshot_config(), None);
         let rooms = Rooms::new(Arc::clone(&store), config.room_config(), notifier, cluster);
         // The worker checks each snapshot against the live room.
         let worker = worker.with_live(Arc::new(rooms.clone()));
         Self {
+            auth,
+            revocation_poll: Duration::from_millis(config.revocation_poll_ms.max(10)),
             snapshots: worker.stats(),
             snapshot_worker: Arc::new(std::sync::Mutex::new(Some(worker))),
             rooms,
@@ -124,10 +138,20 @@ impl AppState {
     /// With `REDIS_URL` set, joins the other instances through Redis.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
         config.validate().map_err(StoreError::Config)?;
+        let auth = Auth::new(config.verifier().map_err(StoreError::Config)?);
         let store = store::open_store(&config.database_url).await?;
         store.migrate().await?;
+        if auth.is_open() {
+            tracing::warn!(
+                "no COLLAB_AUTH_SECRET or COLLAB_AUTH_PUBLIC_KEY: the server is OPEN, anyone \
+                 who can reach it may read, change and delete every document"
+            );
+        } else {
+            // Before serving: a restart must not forget a revocation.
+            auth.revocations().poll(store.as_ref()).await?;
+        }
         let Some(url) = &config.redis_url else {
-            return Ok(Self::new(store, config));
+            return Ok(Self::with_cluster(store, config, None, auth));
         };
         let instance = config
             .instance_id
@@ -137,12 +161,13 @@ impl AppState {
         let (link, client) = cluster::connect(url, &config.redis_prefix, &instance, ttl)
             .await
             .map_err(|e| StoreError::Config(format!("cannot use Redis at {url}: {e}")))?;
-        let state = Self::with_cluster(store, config, Some(link));
+        let state = Self::with_cluster(store, config, Some(link), auth);
         cluster::subscribe(
             client,
             config.redis_prefix.clone(),
             instance.clone(),
             state.rooms.clone(),
+            state.auth.revocations().clone(),
         );
         tracing::info!(%instance, "running as one instance of a cluster");
         Ok(state)
@@ -164,13 +189,65 @@ pub fn router(state: AppState) -> Router {
         // Outside CORS, so a foreign origin's preflight is refused too
         // instead of being answered without CORS headers.
         .layer(axum::middleware::from_fn_with_state(allowed, origin::check))
-        // One INFO line per request, so the default log level shows traffic.
+        // One INFO line per request, so the default log level shows traffic;
+        // without the token a WebSocket URL may carry.
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        uri = %redacted(request.uri()),
+                        version = ?request.version(),
+                    )
+                })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .with_state(state)
+}
+
+/// `uri` with the value of any `token` query parameter replaced, so a
+/// credential never reaches a log line.
+pub fn redacted(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            // Decoded as the query extractor decodes it: `to%6Ben` is `token`.
+            if percent_decoded(key).eq_ignore_ascii_case("token") {
+                "token=[redacted]"
+            } else {
+                pair
+            }
+        })
+        .collect();
+    format!("{}?{}", uri.path(), query.join("&"))
+}
+
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Serve until `shutdown` resolves, let in-flight requests finish, then
@@ -193,6 +270,13 @@ pub async fn run(
             }))
         });
     let (closing_tx, closing) = watch::channel(false);
+    let poller = (!state.auth.is_open()).then(|| {
+        tokio::spawn(state.auth.revocations().clone().run_poller(
+            Arc::clone(&state.store),
+            state.revocation_poll,
+            closing.clone(),
+        ))
+    });
     state.closing = closing;
     let shutdown = async move {
         shutdown.await;
@@ -208,10 +292,35 @@ pub async fn run(
     // Rooms first: each writes its unload snapshot, so the worker's final
     // pass finds little left to do.
     rooms.shutdown().await;
+    if let Some(poller) = poller {
+        let _ = poller.await;
+    }
     let _ = stop_worker.send(());
     if let Some(worker) = worker {
         let _ = worker.await;
     }
     tracing::info!("stopped");
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn tokens_are_redacted_from_logged_uris() {
+        let r = |s: &str| redacted(&s.parse().unwrap());
+        assert_eq!(
+            r("/ws/documents/a?token=abc.def&since=3"),
+            "/ws/documents/a?token=[redacted]&since=3"
+        );
+        assert_eq!(
+            r("/x?client_id=c&TOKEN=abc"),
+            "/x?client_id=c&token=[redacted]"
+        );
+        assert_eq!(r("/x?to%6Ben=abc"), "/x?token=[redacted]");
+        assert_eq!(r("/x?token"), "/x?token=[redacted]");
+        assert_eq!(r("/x?tokens=1&a=%"), "/x?tokens=1&a=%");
+        assert_eq!(r("/api/documents"), "/api/documents");
+    }
 }

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::auth::Revocations;
 use crate::domain::DocumentId;
 use crate::rooms::Rooms;
+use crate::store::Revocation;
 
 /// News from one instance to the others about one document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,8 @@ pub enum ClusterMessage {
         client_id: String,
         selection: Option<[usize; 2]>,
         user: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
     },
     Leave {
         from: String,
@@ -64,6 +68,20 @@ pub struct ClusterOp {
     pub op: Operation,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+impl From<ClusterOp> for collab_ot::Committed {
+    fn from(o: ClusterOp) -> Self {
+        Self {
+            rev: o.rev,
+            op: o.op,
+            client_id: o.client_id,
+            seq: o.seq,
+            author: o.author,
+        }
+    }
 }
 
 /// How rooms publish. Never blocks: when Redis is slow or down, messages
@@ -104,6 +122,8 @@ enum Job {
 struct StoredPresence {
     selection: Option<[usize; 2]>,
     user: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
     /// Unix milliseconds of the last announcement.
     at: u64,
 }
@@ -113,6 +133,7 @@ pub struct RemotePeer {
     pub client_id: String,
     pub selection: Option<[usize; 2]>,
     pub user: serde_json::Value,
+    pub user_id: Option<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -142,11 +163,13 @@ impl ClusterLink {
                 client_id,
                 selection,
                 user,
+                user_id,
                 ..
             } => {
                 let stored = StoredPresence {
                     selection: *selection,
                     user: user.clone(),
+                    user_id: user_id.clone(),
                     at: unix_ms(),
                 };
                 if let Ok(value) = serde_json::to_string(&stored) {
@@ -168,6 +191,15 @@ impl ClusterLink {
         self.send(Job::Publish { channel, payload });
     }
 
+    /// Tells the other instances about a revocation, so their connections
+    /// using the token close at once (the table poll is the fallback).
+    pub fn publish_revocation(&self, revocation: &Revocation) {
+        if let Ok(payload) = serde_json::to_string(revocation) {
+            let channel = auth_channel(&self.prefix);
+            self.send(Job::Publish { channel, payload });
+        }
+    }
+
     /// Tells the other instances where a peer connected here is.
     pub fn announce(&self, doc: &DocumentId, peer: &collab_ot::Peer) {
         let message = ClusterMessage::Presence {
@@ -175,6 +207,7 @@ impl ClusterLink {
             client_id: peer.client_id.clone(),
             selection: peer.selection,
             user: peer.user.clone(),
+            user_id: peer.user_id.clone(),
         };
         self.publish(doc, &message);
     }
@@ -207,6 +240,7 @@ impl ClusterLink {
                     client_id,
                     selection: p.selection,
                     user: p.user,
+                    user_id: p.user_id,
                 })
             })
             .collect()
@@ -270,17 +304,33 @@ async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+fn auth_channel(prefix: &str) -> String {
+    format!("{prefix}:auth")
+}
+
 /// Listens to every document's channel and hands messages to the loaded
 /// rooms; after each (re)connection, every loaded room catches up.
-pub fn subscribe(client: redis::Client, prefix: String, instance: String, rooms: Rooms) {
+/// Revocations arrive on their own channel.
+pub fn subscribe(
+    client: redis::Client,
+    prefix: String,
+    instance: String,
+    rooms: Rooms,
+    revocations: Revocations,
+) {
     tokio::spawn(async move {
         let pattern = format!("{prefix}:doc:*");
         let channel_prefix = format!("{prefix}:doc:");
+        let auth = auth_channel(&prefix);
         let mut delay = Duration::from_millis(100);
         loop {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if let Err(e) = pubsub.psubscribe(&pattern).await {
+                    let subscribed = match pubsub.psubscribe(&pattern).await {
+                        Ok(()) => pubsub.subscribe(&auth).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = subscribed {
                         warn!(error = %e, "could not subscribe to Redis");
                     } else {
                         info!(%pattern, "subscribed to cluster news");
@@ -289,6 +339,16 @@ pub fn subscribe(client: redis::Client, prefix: String, instance: String, rooms:
                         rooms.catch_up_all();
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
+                            if msg.get_channel_name() == auth {
+                                match msg
+                                    .get_payload::<String>()
+                                    .map(|p| serde_json::from_str::<Revocation>(&p))
+                                {
+                                    Ok(Ok(r)) => revocations.add([r]),
+                                    _ => debug!("unreadable revocation message"),
+                                }
+                                continue;
+                            }
                             let Some(doc) = msg
                                 .get_channel_name()
                                 .strip_prefix(&channel_prefix)
@@ -329,6 +389,7 @@ mod tests {
                 op: Operation::insert(1, "x"),
                 client_id: Some("c".into()),
                 seq: Some(2),
+                author: Some("alice".into()),
             }],
         };
         let json = serde_json::to_string(&m).unwrap();

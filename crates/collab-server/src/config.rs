@@ -6,11 +6,13 @@
 //! environment, then default. `.env.example` lists the same variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use collab_ot::DocumentLimits;
 
+use crate::auth::{Secret, Verifier};
 use crate::rooms::RoomConfig;
 use crate::snapshot::SnapshotConfig;
 
@@ -163,6 +165,50 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Token mode: the HS256 key (at least 32 bytes). Unset, with no public
+    /// key either: open mode (anyone may do anything).
+    #[arg(
+        long,
+        env = "COLLAB_AUTH_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub auth_secret: Option<Secret>,
+
+    /// Token mode: a PEM file with the public key (Ed25519, P-256 or RSA)
+    /// that checks tokens signed with EdDSA, ES256 or RS256.
+    #[arg(long, env = "COLLAB_AUTH_PUBLIC_KEY", global = true)]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Let an open server (no key) listen on a non-loopback address.
+    #[arg(
+        long,
+        env = "COLLAB_ALLOW_ANONYMOUS",
+        default_value_t = false,
+        global = true
+    )]
+    pub allow_anonymous: bool,
+
+    /// Seconds of clock difference tolerated when checking `exp` and `nbf`;
+    /// a connection closes this long after its token's `exp`.
+    #[arg(
+        long,
+        env = "COLLAB_AUTH_LEEWAY_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub auth_leeway_secs: u64,
+
+    /// How often each instance reads new revocations from the database, in
+    /// milliseconds (Redis usually brings them at once).
+    #[arg(
+        long,
+        env = "COLLAB_REVOCATION_POLL_MS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub revocation_poll_ms: u64,
+
     /// Committed ops each open document keeps in memory, for transforming
     /// late edits and resuming clients.
     #[arg(
@@ -239,6 +285,7 @@ impl Config {
                     .to_owned(),
             );
         }
+        self.verifier()?;
         Ok(())
     }
 
@@ -261,6 +308,11 @@ impl Config {
             header_timeout_secs: 10,
             ws_idle_secs: 60,
             allowed_origins: Vec::new(),
+            auth_secret: None,
+            auth_public_key: None,
+            allow_anonymous: false,
+            auth_leeway_secs: 30,
+            revocation_poll_ms: 500,
             history_window: 1000,
             room_idle_secs: 300,
             snapshot_every_ops: 500,
@@ -270,6 +322,42 @@ impl Config {
             instance_id: None,
             presence_ttl_secs: 15,
         }
+    }
+
+    /// The token checker; `None` in open mode.
+    pub fn verifier(&self) -> Result<Option<Verifier>, String> {
+        let pem = match &self.auth_public_key {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                format!("cannot read COLLAB_AUTH_PUBLIC_KEY {}: {e}", path.display())
+            })?),
+        };
+        Verifier::new(self.secret(), pem.as_deref(), self.auth_leeway_secs)
+    }
+
+    /// The HS256 secret; an empty value counts as unset.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.auth_secret.as_ref().filter(|s| !s.expose().is_empty())
+    }
+
+    /// Whether no key is configured: anyone may do anything.
+    pub fn is_open(&self) -> bool {
+        self.secret().is_none() && self.auth_public_key.is_none()
+    }
+
+    /// An open server only on a loopback address, unless explicitly allowed:
+    /// an unprotected server must not end up on a network by accident.
+    pub fn check_open_bind(&self) -> Result<(), String> {
+        if self.is_open() && !self.bind.ip().is_loopback() && !self.allow_anonymous {
+            return Err(format!(
+                "refusing to serve on {} without access control: set COLLAB_AUTH_SECRET \
+                 (or COLLAB_AUTH_PUBLIC_KEY) for token mode, bind to 127.0.0.1, or set \
+                 COLLAB_ALLOW_ANONYMOUS=true to let anyone who can reach it read, change \
+                 and delete every document",
+                self.bind
+            ));
+        }
+        Ok(())
     }
 
     pub fn room_config(&self) -> RoomConfig {

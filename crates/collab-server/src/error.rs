@@ -45,6 +45,9 @@ pub enum AppError {
     InvalidContent(String),
     #[error("{0}")]
     RateLimited(String),
+    /// No valid token: missing, malformed, badly signed, expired, revoked.
+    #[error("{0}")]
+    Unauthorized(String),
     /// Not allowed, whatever the request asks: e.g. it comes from a web
     /// origin that may not use the server.
     #[error("{0}")]
@@ -84,6 +87,7 @@ impl AppError {
             | AppError::InvalidContent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Unavailable(_) | AppError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -106,6 +110,7 @@ impl AppError {
             AppError::InvalidContent(_) => "invalid_content",
             AppError::RateLimited(_) => "rate_limited",
             AppError::Forbidden(_) => "forbidden",
+            AppError::Unauthorized(_) => "unauthorized",
             AppError::Unavailable(_) | AppError::TooManyConnections => "unavailable",
             AppError::Internal(_) => "internal",
         }
@@ -126,7 +131,15 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let AppError::Unauthorized(_) = self {
+            // RFC 6750: say which scheme would work.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

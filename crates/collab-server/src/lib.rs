@@ -16,6 +16,7 @@
 //! * [`rate`]: the token buckets behind every per-connection budget.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

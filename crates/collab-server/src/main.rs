@@ -22,7 +22,12 @@ async fn main() -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
 
     match cli.subcommand() {
+        Command::Token(args) => {
+            // Only the token on stdout, so `$(collab token …)` works.
+            println!("{}", args.mint(&config).map_err(anyhow::Error::msg)?);
+        }
         Command::Serve => {
+            config.check_open_bind().map_err(anyhow::Error::msg)?;
             // Every WebSocket is a file descriptor: the usual soft limit of
             // 1024 would cap connections far below what memory allows.
             if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {

@@ -91,6 +91,7 @@ pub async fn seed(state: &AppState) -> Result<SeedReport, SeedError> {
         for (seq, (base_rev, op)) in (1..).zip(sample.edits) {
             let op = Operation::from_json(op).expect("sample ops are valid");
             let submission = Submission {
+                author: None,
                 client_id: Some(SEED_CLIENT.to_owned()),
                 seq: Some(seq),
                 base_rev: *base_rev,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use collab_ot::{Committed, Document, DocumentLimits, Rope};
+use collab_ot::{Document, DocumentLimits, Rope};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
@@ -624,13 +624,8 @@ pub fn rebuild(base: &SnapshotBase) -> Result<String, String> {
     };
     let mut doc = Document::new(Rope::from_str(&base.snapshot), base.snapshot_rev, limits);
     for op in &base.tail {
-        doc.replay(Committed {
-            rev: op.rev,
-            op: op.op.clone(),
-            client_id: op.client_id.clone(),
-            seq: op.seq,
-        })
-        .map_err(|e| format!("op {} does not apply: {e}", op.rev))?;
+        doc.replay(op.clone().into())
+            .map_err(|e| format!("op {} does not apply: {e}", op.rev))?;
     }
     if doc.rev() != base.rev {
         return Err(format!(

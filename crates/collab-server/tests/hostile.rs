@@ -42,6 +42,7 @@ async fn long_history(app: &TestApp, id: &str, n: u64) {
             op: Operation::insert(0, "h"),
             client_id: None,
             seq: None,
+            author: None,
         })
         .collect();
     let id = DocumentId::parse(id).expect("id");

@@ -199,6 +199,7 @@ async fn exactly_once_across_restarts(db: &TestDb) {
     app.create("doc", "Doc", "").await;
     let id = DocumentId::parse("doc").unwrap();
     let submit = |seq: u64, base_rev: u64, text: &str| Submission {
+        author: None,
         client_id: Some("alice".into()),
         seq: Some(seq),
         base_rev,
@@ -283,6 +284,7 @@ async fn a_failed_write_reloads_the_room(db: &TestDb) {
                 op: Operation::insert(0, ">"),
                 client_id: None,
                 seq: None,
+                author: None,
             }],
         )
         .await

@@ -180,6 +180,7 @@ async fn append_random(
                     op,
                     client_id: None,
                     seq: None,
+                    author: None,
                 }],
             )
             .await

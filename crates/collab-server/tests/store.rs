@@ -42,6 +42,7 @@ fn op(rev: u64, text: &str, client: Option<(&str, u64)>) -> NewOp {
         op: Operation::insert(0, text),
         client_id: client.map(|(c, _)| c.to_owned()),
         seq: client.map(|(_, s)| s),
+        author: None,
     }
 }
 

@@ -68,8 +68,10 @@ pub struct DocState {
 
 /// An edit to commit: `op` was written against `base_rev`. `client_id` and
 /// `seq` identify it for exactly-once delivery; REST edits have neither.
+/// `author` is the token's `sub` (`None` in open mode).
 #[derive(Debug, Clone)]
 pub struct Submission {
+    pub author: Option<String>,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
     pub base_rev: u64,
@@ -150,11 +152,36 @@ enum Command {
 #[derive(Debug)]
 pub struct JoinRequest {
     pub client_id: ClientId,
+    /// Who the session is and what it may do, for its `welcome`, its ops'
+    /// author and its presence.
+    pub grant: SessionGrant,
     /// The revision the client already has, when resuming.
     pub since: Option<u64>,
     /// Where the room sends this session's frames; closed by the room when
     /// the session must go (document deleted, too slow, server stopping).
     pub outbound: Outbox,
+}
+
+/// What a session's token says, as far as the room needs to know.
+#[derive(Debug, Clone)]
+pub struct SessionGrant {
+    /// The token's `sub`; `None` in open mode.
+    pub user_id: Option<String>,
+    /// Shown in the `welcome` (`admin` in open mode).
+    pub role: collab_ot::protocol::Role,
+    /// The token's expiry (Unix seconds), shown in the `welcome`.
+    pub exp: Option<u64>,
+}
+
+impl SessionGrant {
+    /// Open mode: anyone may do anything, and nobody is named.
+    pub fn open() -> Self {
+        Self {
+            user_id: None,
+            role: collab_ot::protocol::Role::Admin,
+            exp: None,
+        }
+    }
 }
 
 /// The room's end of one session's outbound queue, bounded in frames and

@@ -122,6 +122,8 @@ enum Answer {
 /// A connected WebSocket session.
 struct Session {
     client_id: String,
+    /// The token's `sub`: the author of this session's ops.
+    user_id: Option<String>,
     outbound: Outbox,
     /// Transform work this session may still cause (its fair share of the
     /// room's time).
@@ -271,6 +273,7 @@ impl Room {
                 // A session the room already let go of has nobody to answer.
                 if let Some(s) = self.sessions.get(&session) {
                     let submission = Submission {
+                        author: s.user_id.clone(),
                         client_id: Some(s.client_id.clone()),
                         seq: Some(seq),
                         base_rev,
@@ -321,12 +324,7 @@ impl Room {
     async fn stage(&mut self, submission: Submission, origin: Origin) {
         match self.apply(submission, &origin).await {
             Ok(Outcome::Applied(committed, submission)) => {
-                self.staged.push(NewOp {
-                    rev: committed.rev,
-                    op: committed.op,
-                    client_id: committed.client_id,
-                    seq: committed.seq,
-                });
+                self.staged.push(NewOp::from(committed));
                 self.answers.push(Answer::Applied(origin, submission));
             }
             Ok(Outcome::Duplicate(rev)) => {
@@ -361,6 +359,7 @@ impl Room {
     ) -> Result<Outcome, RoomError> {
         self.ensure_loaded().await?;
         let Submission {
+            author,
             client_id,
             seq,
             base_rev,
@@ -375,12 +374,13 @@ impl Room {
         let (base_rev, op) = self.bring_up_to_date(base_rev, op, origin).await?;
         let doc = self.doc.as_mut().ok_or(RoomError::NotFound)?;
         let kept = Submission {
+            author: author.clone(),
             client_id: client_id.clone(),
             seq,
             base_rev,
             op: op.clone(),
         };
-        match doc.submit(client_id.as_deref(), seq, base_rev, op)? {
+        match doc.submit_as(author.as_deref(), client_id.as_deref(), seq, base_rev, op)? {
             Submitted::Applied(committed) => Ok(Outcome::Applied(committed, kept)),
             Submitted::Duplicate { rev } => Ok(Outcome::Duplicate(rev)),
         }
@@ -622,10 +622,11 @@ impl Room {
             let rebase = move |missing: Vec<StoredOp>| {
                 for o in missing {
                     rebased.theirs.push(o.op.clone());
-                    match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                    let rev = o.rev;
+                    match replay_op(doc, o.into()) {
                         Ok(frame) => rebased.frames.push(frame),
                         Err(e) => {
-                            rebased.failure = Some(format!("op {} does not apply: {e}", o.rev));
+                            rebased.failure = Some(format!("op {rev} does not apply: {e}"));
                             return None;
                         }
                     }
@@ -634,14 +635,16 @@ impl Room {
                     match answer {
                         Answer::Applied(origin, s) => {
                             let kept = s.clone();
-                            match doc.submit(s.client_id.as_deref(), s.seq, s.base_rev, s.op) {
+                            let submitted = doc.submit_as(
+                                s.author.as_deref(),
+                                s.client_id.as_deref(),
+                                s.seq,
+                                s.base_rev,
+                                s.op,
+                            );
+                            match submitted {
                                 Ok(Submitted::Applied(c)) => {
-                                    rebased.staged.push(NewOp {
-                                        rev: c.rev,
-                                        op: c.op,
-                                        client_id: c.client_id,
-                                        seq: c.seq,
-                                    });
+                                    rebased.staged.push(NewOp::from(c));
                                     rebased.answers.push(Answer::Applied(origin, kept));
                                 }
                                 Ok(Submitted::Duplicate { rev }) => {
@@ -688,7 +691,12 @@ impl Room {
                 doc.remove_peer(&client);
             }
             for peer in moved {
-                doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+                doc.set_presence(
+                    &peer.client_id,
+                    peer.selection,
+                    Some(peer.user),
+                    peer.user_id.as_deref(),
+                );
             }
         }
         self.doc = Some(doc);
@@ -713,6 +721,7 @@ impl Room {
                         op: o.op.clone(),
                         client_id: o.client_id.clone(),
                         seq: o.seq,
+                        author: o.author.clone(),
                     })
                     .collect();
                 let from = cluster.instance().to_owned();
@@ -735,6 +744,7 @@ impl Room {
                         op: op.op,
                         client_id: op.client_id,
                         seq: op.seq,
+                        author: op.author,
                     });
                     self.broadcast(&frame, author);
                     self.answer(origin, rev);
@@ -827,6 +837,7 @@ impl Room {
                             op: o.op,
                             client_id: o.client_id,
                             seq: o.seq,
+                            author: o.author,
                             created_at: o.created_at.to_rfc3339(),
                         })
                         .collect()
@@ -841,12 +852,15 @@ impl Room {
             content: ops.is_none().then(|| doc.content().to_string()),
             ops,
             peers,
+            role: Some(request.grant.role),
+            exp: request.grant.exp,
         };
         debug!(session, client = %client_id, rev, "session joined");
         self.sessions.insert(
             session,
             Session {
                 client_id,
+                user_id: request.grant.user_id,
                 outbound: request.outbound,
                 work: TokenBucket::new(self.shared.config.limits.max_transform_steps as f64),
             },
@@ -863,7 +877,7 @@ impl Room {
         let (Some(s), Some(doc)) = (self.sessions.get(&session), self.doc.as_mut()) else {
             return;
         };
-        let peer = doc.set_presence(&s.client_id, selection, user);
+        let peer = doc.set_presence(&s.client_id, selection, user, s.user_id.as_deref());
         if let Some(cluster) = &self.shared.cluster {
             cluster.announce(&self.id, peer);
         }
@@ -871,6 +885,7 @@ impl Room {
             client_id: peer.client_id.clone(),
             selection: peer.selection,
             user: peer.user.clone(),
+            user_id: peer.user_id.clone(),
         });
         if self.answers.is_empty() {
             self.broadcast(&frame, Some(session));
@@ -994,13 +1009,7 @@ impl Room {
         );
         for op in loaded.tail {
             let rev = op.rev;
-            doc.replay(Committed {
-                rev,
-                op: op.op,
-                client_id: op.client_id,
-                seq: op.seq,
-            })
-            .map_err(|e| {
+            doc.replay(op.into()).map_err(|e| {
                 error!(rev, error = %e, "op log does not replay onto its snapshot");
                 StoreError::Corrupt(format!("op {rev} does not apply: {e}"))
             })?;
@@ -1012,12 +1021,22 @@ impl Room {
         );
         self.snapshot_rev = loaded.latest_snapshot_rev;
         for peer in std::mem::take(&mut self.orphan_peers) {
-            doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+            doc.set_presence(
+                &peer.client_id,
+                peer.selection,
+                Some(peer.user),
+                peer.user_id.as_deref(),
+            );
         }
         if let Some(cluster) = &self.shared.cluster {
             // Who is already here, connected to other instances.
             for peer in cluster.peers(&self.id).await {
-                doc.set_presence(&peer.client_id, peer.selection, Some(peer.user));
+                doc.set_presence(
+                    &peer.client_id,
+                    peer.selection,
+                    Some(peer.user),
+                    peer.user_id.as_deref(),
+                );
                 self.remote_peers.insert(peer.client_id, Instant::now());
             }
             self.checkpoint = Some(doc.clone());

@@ -2,17 +2,22 @@
 //!
 //! Metadata comes straight from the store; content and edits go through the
 //! document's room, so a REST edit takes exactly the path of a live one.
+//! Each handler states the role it needs in its signature (`Doc<Reader>`,
+//! `Doc<Writer>`, `Doc<Admin>`; see `auth`), and hides a missing document
+//! behind 403 from anyone who may not learn that it is missing.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use collab_ot::protocol::Role;
 use collab_ot::Operation;
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::auth::{Access, Admin, Doc, Reader, Writer, MAX_LINK_TTL_SECS};
 use crate::domain::{DocumentId, Timestamp, Title};
 use crate::error::AppError;
-use crate::extract::{Json, Path, Query};
+use crate::extract::{Json, Query};
 use crate::rooms::Submission;
 use crate::store::{DocumentMeta, NewDocument, StoredOp};
 
@@ -61,6 +66,7 @@ struct Op {
     op: Operation,
     client_id: Option<String>,
     seq: Option<u64>,
+    author: Option<String>,
     created_at: Timestamp,
 }
 
@@ -71,6 +77,7 @@ impl From<StoredOp> for Op {
             op: o.op,
             client_id: o.client_id,
             seq: o.seq,
+            author: o.author,
             created_at: o.created_at,
         }
     }
@@ -85,8 +92,21 @@ pub struct CreateBody {
 
 pub async fn create(
     State(state): State<AppState>,
+    access: Access,
     Json(body): Json<CreateBody>,
 ) -> Result<impl IntoResponse, AppError> {
+    // Creating needs admin on the id it will have: on that id when the
+    // client names it, on every id (`*`) when the server picks one.
+    let role = match body.id.as_deref() {
+        Some(id) => access.role_on(id),
+        None => access.role_on_all(),
+    };
+    if role != Some(Role::Admin) {
+        return Err(AppError::Forbidden(match body.id.as_deref() {
+            Some(id) => format!("creating document {id} needs the admin role on it"),
+            None => "creating a document without an id needs the admin role on \"*\"".to_owned(),
+        }));
+    }
     let title = parse_title(&body.title)?;
     let id = match body.id.as_deref() {
         Some(id) => DocumentId::parse(id)
@@ -137,12 +157,16 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     Query(params): Query<ListParams>,
 ) -> Result<impl IntoResponse, AppError> {
     let limit = page_limit(params.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let offset = params.offset.unwrap_or(0);
     check_safe("offset", offset)?;
-    let (items, total) = state.store.list_documents(limit, offset).await?;
+    let (items, total) = state
+        .store
+        .list_documents(&access.readable(), limit, offset)
+        .await?;
     let items: Vec<Summary> = items.into_iter().map(Summary::from).collect();
     Ok(axum::Json(
         serde_json::json!({"items": items, "total": total}),
@@ -151,12 +175,18 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    doc: Doc<Reader>,
 ) -> Result<impl IntoResponse, AppError> {
-    let id = known_id(&id)?;
-    let meta = state.store.document(&id).await?.ok_or(AppError::NotFound)?;
-    let doc = state.rooms.read(&id).await?;
-    Ok(axum::Json(with_content(meta, doc.content, doc.rev)))
+    let found = async {
+        let meta = state
+            .store
+            .document(&doc.id)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let content = state.rooms.read(&doc.id).await?;
+        Ok(with_content(meta, content.content, content.rev))
+    };
+    Ok(axum::Json(found.await.map_err(|e| doc.conceal(e))?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,10 +196,10 @@ pub struct RenameBody {
 
 pub async fn rename(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    doc: Doc<Admin>,
     Json(body): Json<RenameBody>,
 ) -> Result<impl IntoResponse, AppError> {
-    let id = known_id(&id)?;
+    let id = doc.id;
     let title = parse_title(&body.title)?;
     let meta = state
         .store
@@ -182,9 +212,9 @@ pub async fn rename(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    doc: Doc<Admin>,
 ) -> Result<impl IntoResponse, AppError> {
-    let id = known_id(&id)?;
+    let id = doc.id;
     if !state.store.delete_document(&id).await? {
         return Err(AppError::NotFound);
     }
@@ -201,19 +231,19 @@ pub struct OpsParams {
 
 pub async fn list_ops(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    doc: Doc<Reader>,
     Query(params): Query<OpsParams>,
 ) -> Result<impl IntoResponse, AppError> {
-    let id = known_id(&id)?;
     let limit = page_limit(params.limit, DEFAULT_OPS_PAGE, MAX_OPS_PAGE)?;
     let since = params.since.unwrap_or(0);
     check_safe("since", since)?;
-    if state.store.document(&id).await?.is_none() {
-        return Err(AppError::NotFound);
+    let id = &doc.id;
+    if state.store.document(id).await?.is_none() {
+        return Err(doc.conceal(AppError::NotFound));
     }
     let ops: Vec<Op> = state
         .store
-        .ops_since(&id, since, limit)
+        .ops_since(id, since, limit)
         .await?
         .into_iter()
         .map(Op::from)
@@ -231,10 +261,9 @@ pub struct SubmitBody {
 
 pub async fn submit_op(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    doc: Doc<Writer>,
     Json(body): Json<SubmitBody>,
 ) -> Result<impl IntoResponse, AppError> {
-    let id = known_id(&id)?;
     let op: Operation = serde_json::from_value(body.op).map_err(|e| {
         AppError::InvalidOp(format!(
             "invalid operation: {}",
@@ -242,13 +271,74 @@ pub async fn submit_op(
         ))
     })?;
     let submission = Submission {
+        author: doc.access.user_id().map(str::to_owned),
         client_id: None,
         seq: None,
         base_rev: body.rev,
         op,
     };
-    let rev = state.rooms.submit(&id, submission).await?;
+    let rev = state
+        .rooms
+        .submit(&doc.id, submission)
+        .await
+        .map_err(|e| doc.conceal(e.into()))?;
     Ok(axum::Json(serde_json::json!({"rev": rev})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ShareBody {
+    role: String,
+    ttl_secs: Option<u64>,
+}
+
+/// A share link lasts a week unless asked otherwise.
+const DEFAULT_LINK_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// `POST /api/documents/{id}/links`: a token for this document alone, and
+/// the editor URL that carries it in its fragment (never sent to servers).
+pub async fn share(
+    State(state): State<AppState>,
+    doc: Doc<Admin>,
+    Json(body): Json<ShareBody>,
+) -> Result<impl IntoResponse, AppError> {
+    let role = match Role::parse(&body.role) {
+        Some(role @ (Role::Read | Role::Write)) => role,
+        _ => {
+            return Err(AppError::BadRequest(
+                "role must be \"read\" or \"write\"".to_owned(),
+            ))
+        }
+    };
+    let ttl = body.ttl_secs.unwrap_or(DEFAULT_LINK_TTL_SECS);
+    if !(1..=MAX_LINK_TTL_SECS).contains(&ttl) {
+        return Err(AppError::BadRequest(format!(
+            "ttl_secs must be between 1 and {MAX_LINK_TTL_SECS}"
+        )));
+    }
+    if state.store.document(&doc.id).await?.is_none() {
+        return Err(doc.conceal(AppError::NotFound));
+    }
+    let link = state
+        .auth
+        .mint_link(doc.id.as_str(), role, ttl)
+        .ok_or_else(|| {
+            AppError::Conflict(if state.auth.is_open() {
+                "the server is open (no COLLAB_AUTH_SECRET): anyone may open /d/{id} already"
+                    .to_owned()
+            } else {
+                "share links are signed with COLLAB_AUTH_SECRET, which is not set".to_owned()
+            })
+        })?;
+    tracing::info!(document = %doc.id, %role, jti = %link.jti, "share link created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({
+            "url": format!("/d/{}#token={}", doc.id, link.token),
+            "token": link.token,
+            "exp": link.exp,
+            "jti": link.jti,
+        })),
+    ))
 }
 
 fn with_content(meta: DocumentMeta, content: String, rev: u64) -> Document {
@@ -264,11 +354,6 @@ fn with_content(meta: DocumentMeta, content: String, rev: u64) -> Document {
 
 fn parse_title(title: &str) -> Result<Title, AppError> {
     Title::parse(title).map_err(|e| AppError::InvalidTitle(e.to_string()))
-}
-
-/// An id in a path: one that breaks the id rules can name no document.
-fn known_id(id: &str) -> Result<DocumentId, AppError> {
-    DocumentId::parse(id).ok_or(AppError::NotFound)
 }
 
 fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, AppError> {

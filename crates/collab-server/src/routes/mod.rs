@@ -1,12 +1,13 @@
 //! HTTP routes, one module per resource, the live-editing WebSocket
 //! endpoint next to them, and the embedded browser editor.
 
+mod auth;
 mod documents;
 mod health;
 mod web;
 mod ws;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::AppState;
@@ -29,5 +30,7 @@ pub fn router() -> Router<AppState> {
             "/api/documents/{id}/ops",
             get(documents::list_ops).post(documents::submit_op),
         )
+        .route("/api/documents/{id}/links", post(documents::share))
+        .route("/api/auth/revocations", post(auth::revoke))
         .route("/ws/documents/{id}", get(ws::upgrade))
 }

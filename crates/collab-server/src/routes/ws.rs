@@ -5,22 +5,31 @@
 //! second, presence coalescing, message size, keepalive), hands ops and
 //! presence to the document's room, and writes whatever the room queues for
 //! it. Everything about the document itself happens in the room.
+//!
+//! Access (docs/protocol.md §6): the token is checked once, when the
+//! connection opens, and again on each `auth` frame; in between the
+//! session's role gates every `op` and `presence`, and the connection
+//! closes when the token is revoked or expires.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use collab_ot::protocol::{parse_client_message, ClientMessage, ErrorCode, ServerMessage, User};
+use collab_ot::protocol::{
+    parse_client_message, ClientMessage, ErrorCode, Role, ServerMessage, User,
+};
 use futures_util::SinkExt;
 use tokio::sync::watch;
 use tracing::{debug, info_span, Instrument};
 
 use crate::app::AppState;
+use crate::auth::{bearer, Access, Refused, SessionAccess, TokenError};
 use crate::domain::{ClientId, DocumentId};
 use crate::rate::TokenBucket;
-use crate::rooms::{Frame, Inbox, JoinRequest, Joined, RoomError, SessionLink};
+use crate::rooms::{Frame, Inbox, JoinRequest, Joined, RoomError, SessionGrant, SessionLink};
 
 /// Close code 1012 "service restart": the server is stopping; reconnect.
 const CLOSE_RESTART: u16 = 1012;
@@ -28,6 +37,9 @@ const CLOSE_RESTART: u16 = 1012;
 const CLOSE_POLICY: u16 = 1008;
 /// Close code 1001 "going away": the peer went silent (no pong).
 const CLOSE_IDLE: u16 = 1001;
+/// `auth` frames one connection may send per second (each costs a
+/// signature check).
+const MAX_AUTH_PER_SECOND: f64 = 2.0;
 /// Close code 1009 "message too big", after a frame beyond the hard cap.
 const CLOSE_TOO_BIG: u16 = 1009;
 /// How long one frame may take to reach a client before it is given up on.
@@ -51,7 +63,13 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
+    // Browsers cannot set headers on a WebSocket: `?token=` is the usual way.
+    let access = match query.get("token") {
+        Some(token) => state.auth.authenticate(Some(token)),
+        None => bearer(&headers).and_then(|token| state.auth.authenticate(token)),
+    };
     let limit = state.limits.max_message_bytes;
     ws.max_message_size(hard_cap(limit))
         .max_frame_size(hard_cap(limit))
@@ -60,7 +78,7 @@ pub async fn upgrade(
         .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| {
             let span = info_span!("ws", document = %id);
-            Connection::start(socket, state, id, query).instrument(span)
+            Connection::start(socket, state, id, query, access).instrument(span)
         })
 }
 
@@ -70,6 +88,21 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    /// "No such document" is for admins of the id (and open mode) only;
+    /// anyone else gets the refusal an ungranted document gets, so a token
+    /// cannot probe which documents exist.
+    fn concealed(self, session: &SessionAccess) -> Refusal {
+        if self.code != ErrorCode::NotFound || session.role() == Role::Admin {
+            return self;
+        }
+        Refusal {
+            code: ErrorCode::Forbidden,
+            message: "this token does not grant access to this document".to_owned(),
+        }
+    }
+}
+
 struct Connection {
     socket: WebSocket,
     state: AppState,
@@ -77,33 +110,72 @@ struct Connection {
 }
 
 impl Connection {
-    async fn start(socket: WebSocket, state: AppState, id: String, query: HashMap<String, String>) {
+    async fn start(
+        socket: WebSocket,
+        state: AppState,
+        id: String,
+        query: HashMap<String, String>,
+        access: Result<Access, TokenError>,
+    ) {
         let closing = state.closing.clone();
         let mut conn = Connection {
             socket,
             state,
             closing,
         };
+        // Who first: a missing or bad token is refused whatever it asks for.
+        let session = match access {
+            Ok(access) => SessionAccess::new(access, &id),
+            Err(e) => {
+                let code = ErrorCode::Unauthorized;
+                return conn
+                    .refuse(Refusal {
+                        code,
+                        message: e.to_string(),
+                    })
+                    .await;
+            }
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(r) => {
+                return conn
+                    .refuse(Refusal {
+                        code: r.code,
+                        message: r.message,
+                    })
+                    .await;
+            }
+        };
         let (doc, client_id, since) = match parse_target(&id, &query) {
             Ok(target) => target,
-            Err(refusal) => return conn.refuse(refusal).await,
+            Err(refusal) => return conn.refuse(refusal.concealed(&session)).await,
         };
-        let span = info_span!("session", client = %client_id.as_str());
+        let span = info_span!(
+            "session",
+            client = %client_id.as_str(),
+            user = session.access().user_id().unwrap_or("-"),
+        );
         async move {
             let (outbound, rx) = conn.state.rooms.session_channel();
             let request = JoinRequest {
                 client_id,
                 since,
                 outbound,
+                grant: SessionGrant {
+                    user_id: session.access().user_id().map(str::to_owned),
+                    role: session.role(),
+                    exp: session.access().exp(),
+                },
             };
             match conn.state.rooms.join(&doc, request).await {
-                Ok(joined) => conn.serve(joined, rx).await,
+                Ok(joined) => conn.serve(joined, rx, session).await,
                 Err(RoomError::NotFound) => {
-                    conn.refuse(Refusal {
+                    let refusal = Refusal {
                         code: ErrorCode::NotFound,
                         message: format!("no document with id {doc}"),
-                    })
-                    .await
+                    };
+                    conn.refuse(refusal.concealed(&session)).await
                 }
                 Err(e) => {
                     debug!(error = %e, "could not join");
@@ -115,12 +187,17 @@ impl Connection {
         .await
     }
 
-    async fn serve(mut self, joined: Joined, mut outbound: Inbox) {
+    async fn serve(mut self, joined: Joined, mut outbound: Inbox, mut session: SessionAccess) {
         let Joined { welcome, link } = joined;
         if self.send(welcome).await.is_err() {
             return link.leave().await;
         }
         let limits = self.state.limits;
+        let auth = self.state.auth.clone();
+        let mut revoked = auth.revocations().subscribe();
+        let expiry = tokio::time::sleep_until(until_unix(session.deadline(&auth)));
+        tokio::pin!(expiry);
+        let mut refreshes = TokenBucket::new(MAX_AUTH_PER_SECOND);
         let mut ops = TokenBucket::new(f64::from(limits.max_ops_per_second));
         let mut presence = Coalesced::new(limits.max_presence_per_second);
         // Keepalive: a peer silent for a quarter of the idle time is pinged
@@ -185,6 +262,33 @@ impl Connection {
                     }
                     let sent = match parse_client_message(&text) {
                         Err(refused) => self.send(refused.to_message().to_json().into()).await,
+                        Ok(ClientMessage::Op { seq, .. }) if session.check_write("ops").is_err() => {
+                            let r = session.check_write("ops").unwrap_err();
+                            self.send(error(r.code, &r.message, Some(seq))).await
+                        }
+                        Ok(ClientMessage::Presence { .. }) if session.check_write("presence").is_err() => {
+                            let r = session.check_write("presence").unwrap_err();
+                            self.send(error(r.code, &r.message, None)).await
+                        }
+                        Ok(ClientMessage::Auth { token }) => {
+                            if !refreshes.try_take(1.0, Instant::now()) {
+                                let message = "too many auth frames; slow down";
+                                self.send(error(ErrorCode::RateLimited, message, None)).await
+                            } else {
+                                match session.refresh(&auth, &token) {
+                                    Ok((role, exp)) => {
+                                        expiry.as_mut().reset(until_unix(session.deadline(&auth)));
+                                        debug!(%role, "token refreshed");
+                                        self.send(ServerMessage::Auth { role, exp }.to_json().into()).await
+                                    }
+                                    Err(r) if r.close => {
+                                        self.end(r).await;
+                                        break;
+                                    }
+                                    Err(r) => self.send(error(r.code, &r.message, None)).await,
+                                }
+                            }
+                        }
                         Ok(ClientMessage::Op { rev, seq, op }) => {
                             if ops.try_take(1.0, Instant::now()) {
                                 if link.submit(seq, rev, op).await.is_err() {
@@ -202,7 +306,7 @@ impl Connection {
                             }
                         }
                         Ok(ClientMessage::Presence { selection, user }) => {
-                            presence.set(selection, user);
+                            presence.set(selection, session.presence_user(user));
                             if presence.forward_now(&link).await.is_err() {
                                 self.drain(&mut outbound).await;
                                 break;
@@ -237,9 +341,36 @@ impl Connection {
                     self.close(CLOSE_RESTART, "server restarting").await;
                     break;
                 }
+                changed = revoked.changed(), if !auth.is_open() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if let Err(r) = session.check_live(&auth) {
+                        self.end(r).await;
+                        break;
+                    }
+                }
+                () = &mut expiry, if !auth.is_open() => match session.check_live(&auth) {
+                    Err(r) => {
+                        self.end(r).await;
+                        break;
+                    }
+                    // Woke a little early (clocks): look again in a moment.
+                    Ok(()) => expiry.as_mut().reset(
+                        tokio::time::Instant::now() + Duration::from_millis(100),
+                    ),
+                },
             }
         }
         link.leave().await;
+    }
+
+    /// Ends a live session whose access is gone: the error, then close.
+    async fn end(&mut self, r: Refused) {
+        debug!(code = ?r.code, message = %r.message, "ending the session");
+        if self.send(error(r.code, &r.message, None)).await.is_ok() {
+            self.close(CLOSE_POLICY, "access ended").await;
+        }
     }
 
     /// Sends the contract's error, then closes: the session cannot go on.
@@ -332,6 +463,19 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// How long until Unix second `at` (plus its fraction, so the wake-up is
+/// never early); a far future for `None`.
+fn until_unix(at: Option<u64>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let Some(at) = at else {
+        return now + Duration::from_secs(365 * 24 * 3600);
+    };
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now + Duration::from_secs(at).saturating_sub(unix_now)
 }
 
 fn text(frame: Frame) -> Message {

@@ -32,6 +32,26 @@ pub struct DocumentMeta {
     pub updated_at: Timestamp,
 }
 
+/// Which documents a listing shows: all of them, or those whose id is one
+/// of `exact` or starts with one of `prefixes` (what a token may read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentFilter {
+    All,
+    Matching {
+        exact: Vec<String>,
+        prefixes: Vec<String>,
+    },
+}
+
+/// A revoked token (`Token`, by its `jti`) or every token of a user issued
+/// at or before a moment (`User`, by `sub`; `before` in Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    Token { jti: String },
+    User { sub: String, before: i64 },
+}
+
 /// A document to create, at revision 0 with a snapshot of `content`.
 #[derive(Debug, Clone)]
 pub struct NewDocument {
@@ -48,6 +68,8 @@ pub struct StoredOp {
     pub op: Operation,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
+    /// The token `sub` it was sent with; `None` in open mode.
+    pub author: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -58,6 +80,31 @@ pub struct NewOp {
     pub op: Operation,
     pub client_id: Option<String>,
     pub seq: Option<u64>,
+    pub author: Option<String>,
+}
+
+impl From<StoredOp> for collab_ot::Committed {
+    fn from(o: StoredOp) -> Self {
+        Self {
+            rev: o.rev,
+            op: o.op,
+            client_id: o.client_id,
+            seq: o.seq,
+            author: o.author,
+        }
+    }
+}
+
+impl From<collab_ot::Committed> for NewOp {
+    fn from(c: collab_ot::Committed) -> Self {
+        Self {
+            rev: c.rev,
+            op: c.op,
+            client_id: c.client_id,
+            seq: c.seq,
+            author: c.author,
+        }
+    }
 }
 
 /// What a room needs to rebuild a document: a snapshot and the tail of the
@@ -242,12 +289,25 @@ pub trait DocumentStore: Send + Sync + 'static {
 
     async fn document(&self, id: &DocumentId) -> Result<Option<DocumentMeta>, StoreError>;
 
-    /// A page of documents, newest `updated_at` first, and the total count.
+    /// A page of the documents `filter` lets through, newest `updated_at`
+    /// first, and how many it lets through in all.
     async fn list_documents(
         &self,
+        filter: &DocumentFilter,
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError>;
+
+    /// Stores a revocation; its position in the table's order.
+    async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError>;
+
+    /// Revocations stored after position `after` (0: all), oldest first,
+    /// at most `limit`, each with its position.
+    async fn revocations_since(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Revocation)>, StoreError>;
 
     /// Set the title (bumps `updated_at`); `None` when there is no such document.
     async fn rename_document(
@@ -464,14 +524,22 @@ fn meta_from_row((id, title, rev, created, updated): MetaRow) -> Result<Document
 }
 
 /// A row of `operations` as both backends read it.
-type OpRow = (i64, String, Option<String>, Option<i64>, i64);
+type OpRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
 
-fn op_from_row((rev, op, client_id, seq, created): OpRow) -> Result<StoredOp, StoreError> {
+fn op_from_row((rev, op, client_id, seq, author, created): OpRow) -> Result<StoredOp, StoreError> {
     Ok(StoredOp {
         rev: to_u64(rev)?,
         op: parse_op(&op)?,
         client_id,
         seq: seq.map(to_u64).transpose()?,
+        author,
         created_at: Timestamp::from_millis(created),
     })
 }

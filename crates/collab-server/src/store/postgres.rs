@@ -15,8 +15,9 @@ use sqlx::Postgres;
 
 use super::sql::{Dialect, EncodedOp};
 use super::{
-    check_contiguous, to_i64, to_u64, DocumentMeta, DocumentStore, LoadedDocument, NewDocument,
-    NewOp, Rebaser, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
+    check_contiguous, to_i64, to_u64, DocumentFilter, DocumentMeta, DocumentStore, LoadedDocument,
+    NewDocument, NewOp, Rebaser, Revocation, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome,
+    StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
@@ -122,10 +123,23 @@ impl DocumentStore for PostgresStore {
 
     async fn list_documents(
         &self,
+        filter: &DocumentFilter,
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError> {
-        Postgres::list_documents(&self.pool, limit, offset).await
+        Postgres::list_documents(&self.pool, filter, limit, offset).await
+    }
+
+    async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
+        Postgres::add_revocation(&self.pool, revocation).await
+    }
+
+    async fn revocations_since(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        Postgres::revocations_since(&self.pool, after, limit).await
     }
 
     async fn rename_document(

@@ -11,13 +11,16 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::{
     candidate_from_row, meta_from_row, op_from_row, snapshot_target, to_i64, to_u64, CandidateRow,
-    DocumentMeta, LoadedDocument, MetaRow, NewDocument, OpRow, SnapshotBase, SnapshotCandidate,
-    SnapshotOutcome, StoreError, StoredOp,
+    DocumentFilter, DocumentMeta, LoadedDocument, MetaRow, NewDocument, OpRow, Revocation,
+    SnapshotBase, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
 const META_COLUMNS: &str = "id, title, rev, created_at, updated_at";
-const OP_COLUMNS: &str = "rev, op, client_id, seq, created_at";
+/// A row of `revocations`: id, jti, sub, revoked_at.
+pub(super) type RevocationRow = (i64, Option<String>, Option<String>, i64);
+
+const OP_COLUMNS: &str = "rev, op, client_id, seq, author, created_at";
 
 /// A database that can run the shared statements: the bounds say which Rust
 /// types it binds and which rows it decodes.
@@ -35,6 +38,7 @@ where
     for<'r> (i64,): FromRow<'r, <Self as Database>::Row>,
     for<'r> (Option<i64>,): FromRow<'r, <Self as Database>::Row>,
     for<'r> (i64, String): FromRow<'r, <Self as Database>::Row>,
+    for<'r> RevocationRow: FromRow<'r, <Self as Database>::Row>,
 {
     /// The statement that makes a transaction's reads agree with each other,
     /// if its default isolation does not already.
@@ -106,27 +110,89 @@ where
 
     async fn list_documents(
         pool: &Pool<Self>,
+        filter: &DocumentFilter,
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError> {
+        let (condition, binds) = filter_sql(filter, 3);
+        if condition == "FALSE" {
+            return Ok((Vec::new(), 0));
+        }
         // One transaction, so the page and the total agree.
         let mut tx = Self::begin_consistent_read(pool).await?;
-        let rows: Vec<MetaRow> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM documents ORDER BY updated_at DESC, id ASC LIMIT $1 OFFSET $2"
-        ))
-        .bind(i64::from(limit))
-        .bind(to_i64(offset)?)
-        .fetch_all(&mut *tx)
-        .await?;
-        let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents")
-            .fetch_one(&mut *tx)
-            .await?;
+        let select = format!(
+            "SELECT {META_COLUMNS} FROM documents WHERE {condition} \
+             ORDER BY updated_at DESC, id ASC LIMIT $1 OFFSET $2"
+        );
+        let mut page = sqlx::query_as::<_, MetaRow>(&select)
+            .bind(i64::from(limit))
+            .bind(to_i64(offset)?);
+        for b in &binds {
+            page = page.bind(b.as_str());
+        }
+        let rows = page.fetch_all(&mut *tx).await?;
+        // The count's placeholders start at $1.
+        let (condition, _) = filter_sql(filter, 1);
+        let count = format!("SELECT COUNT(*) FROM documents WHERE {condition}");
+        let mut total = sqlx::query_as::<_, (i64,)>(&count);
+        for b in &binds {
+            total = total.bind(b.as_str());
+        }
+        let (total,) = total.fetch_one(&mut *tx).await?;
         tx.commit().await?;
         let items = rows
             .into_iter()
             .map(meta_from_row)
             .collect::<Result<_, _>>()?;
         Ok((items, to_u64(total)?))
+    }
+
+    async fn add_revocation(pool: &Pool<Self>, revocation: &Revocation) -> Result<u64, StoreError> {
+        let (jti, sub, at) = match revocation {
+            Revocation::Token { jti } => (
+                Some(jti.as_str()),
+                None,
+                Timestamp::now().as_millis() / 1000,
+            ),
+            Revocation::User { sub, before } => (None, Some(sub.as_str()), *before),
+        };
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO revocations (jti, sub, revoked_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(jti)
+        .bind(sub)
+        .bind(at)
+        .fetch_one(pool)
+        .await?;
+        to_u64(id)
+    }
+
+    async fn revocations_since(
+        pool: &Pool<Self>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT id, jti, sub, revoked_at FROM revocations WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, jti, sub, at)| {
+                let revocation = match (jti, sub) {
+                    (Some(jti), None) => Revocation::Token { jti },
+                    (None, Some(sub)) => Revocation::User { sub, before: at },
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "revocation {id} names neither a token nor a user"
+                        )))
+                    }
+                };
+                Ok((to_u64(id)?, revocation))
+            })
+            .collect()
     }
 
     async fn rename_document(
@@ -219,14 +285,15 @@ where
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO operations (document_id, rev, op, client_id, seq, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO operations (document_id, rev, op, client_id, seq, author, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.as_str())
         .bind(op.rev)
         .bind(op.op.as_str())
         .bind(op.client_id.as_deref())
         .bind(op.seq)
+        .bind(op.author.as_deref())
         .bind(now)
         .execute(&mut *conn)
         .await?;
@@ -432,6 +499,7 @@ pub(super) struct EncodedOp {
     pub op: String,
     pub client_id: Option<String>,
     pub seq: Option<i64>,
+    pub author: Option<String>,
 }
 
 impl EncodedOp {
@@ -441,8 +509,41 @@ impl EncodedOp {
             op: op.op.to_json(),
             client_id: op.client_id.clone(),
             seq: op.seq.map(to_i64).transpose()?,
+            author: op.author.clone(),
         })
     }
+}
+
+/// The `WHERE` condition for `filter`, with placeholders numbered from
+/// `first`, and the values to bind to them in order. A prefix is compared
+/// with `substr` rather than `LIKE`, so `_` in ids needs no escaping.
+fn filter_sql(filter: &DocumentFilter, first: usize) -> (String, Vec<String>) {
+    let DocumentFilter::Matching { exact, prefixes } = filter else {
+        return ("TRUE".to_owned(), Vec::new());
+    };
+    let mut terms = Vec::new();
+    let mut binds = Vec::new();
+    let mut n = first;
+    if !exact.is_empty() {
+        let list: Vec<String> = exact
+            .iter()
+            .map(|id| {
+                binds.push(id.clone());
+                n += 1;
+                format!("${}", n - 1)
+            })
+            .collect();
+        terms.push(format!("id IN ({})", list.join(", ")));
+    }
+    for prefix in prefixes {
+        binds.push(prefix.clone());
+        terms.push(format!("substr(id, 1, {}) = ${n}", prefix.chars().count()));
+        n += 1;
+    }
+    if terms.is_empty() {
+        return ("FALSE".to_owned(), binds);
+    }
+    (format!("({})", terms.join(" OR ")), binds)
 }
 
 impl Dialect for sqlx::Sqlite {

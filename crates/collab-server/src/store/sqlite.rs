@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{Dialect, EncodedOp};
 use super::{
-    check_contiguous, to_i64, to_u64, DocumentMeta, DocumentStore, LoadedDocument, NewDocument,
-    NewOp, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome, StoreError, StoredOp,
+    check_contiguous, to_i64, to_u64, DocumentFilter, DocumentMeta, DocumentStore, LoadedDocument,
+    NewDocument, NewOp, Revocation, SnapshotBuilder, SnapshotCandidate, SnapshotOutcome,
+    StoreError, StoredOp,
 };
 use crate::domain::{DocumentId, Timestamp, Title};
 
@@ -310,10 +311,23 @@ impl DocumentStore for SqliteStore {
 
     async fn list_documents(
         &self,
+        filter: &DocumentFilter,
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError> {
-        Sqlite::list_documents(&self.pool, limit, offset).await
+        Sqlite::list_documents(&self.pool, filter, limit, offset).await
+    }
+
+    async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
+        Sqlite::add_revocation(&self.pool, revocation).await
+    }
+
+    async fn revocations_since(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        Sqlite::revocations_since(&self.pool, after, limit).await
     }
 
     async fn rename_document(
@@ -489,6 +503,7 @@ mod tests {
                 op: Operation::insert(0, "x"),
                 client_id: Some(client.to_owned()),
                 seq: Some(rev),
+                author: None,
             })
             .collect()
     }

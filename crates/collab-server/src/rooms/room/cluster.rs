@@ -36,7 +36,7 @@ impl Room {
                 break;
             }
             for o in ops {
-                match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                match replay_op(doc, o.into()) {
                     Ok(frame) => frames.push(frame),
                     Err(e) => {
                         failed = Some(e.to_string());
@@ -84,7 +84,7 @@ impl Room {
                         gap = true;
                         break;
                     }
-                    match replay_op(doc, o.rev, o.op, o.client_id, o.seq) {
+                    match replay_op(doc, o.into()) {
                         Ok(frame) => frames.push(frame),
                         Err(_) => {
                             gap = true;
@@ -104,13 +104,15 @@ impl Room {
                 client_id,
                 selection,
                 user,
+                user_id,
                 ..
             } => {
-                let peer = doc.set_presence(&client_id, selection, Some(user));
+                let peer = doc.set_presence(&client_id, selection, Some(user), user_id.as_deref());
                 let frame = frame(&ServerMessage::Presence {
                     client_id: peer.client_id.clone(),
                     selection: peer.selection,
                     user: peer.user.clone(),
+                    user_id: peer.user_id.clone(),
                 });
                 self.remote_peers.insert(client_id, Instant::now());
                 self.broadcast(&frame, None);
@@ -179,25 +181,15 @@ impl Room {
 
 /// Applies an op another instance committed, and the frame that tells our
 /// sessions about it.
-pub(super) fn replay_op(
-    doc: &mut Document,
-    rev: u64,
-    op: collab_ot::Operation,
-    client_id: Option<String>,
-    seq: Option<u64>,
-) -> Result<Frame, SubmitError> {
+pub(super) fn replay_op(doc: &mut Document, committed: Committed) -> Result<Frame, SubmitError> {
     let frame = frame(&ServerMessage::Op {
-        rev,
-        op: op.clone(),
-        client_id: client_id.clone(),
-        seq,
+        rev: committed.rev,
+        op: committed.op.clone(),
+        client_id: committed.client_id.clone(),
+        seq: committed.seq,
+        author: committed.author.clone(),
     });
-    doc.replay(Committed {
-        rev,
-        op,
-        client_id,
-        seq,
-    })?;
+    doc.replay(committed)?;
     Ok(frame)
 }
 
@@ -261,6 +253,7 @@ mod tests {
             client_id: id.into(),
             selection: Some(selection),
             user: serde_json::Value::Null,
+            user_id: None,
         };
         let moved = rebase_peers(
             vec![peer("caret", [4, 4]), peer("range", [1, 3])],
