@@ -1,6 +1,11 @@
 //! Logging setup: `tracing` events to stdout, pretty for people or JSON for
 //! log collectors, filtered by `RUST_LOG` syntax.
+//!
+//! Whatever the filter asks for, the WebSocket library never logs frame
+//! contents (its TRACE level does): frames carry documents and `auth`
+//! tokens, and a token must never reach a log.
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 use tracing_subscriber::{fmt, EnvFilter};
@@ -24,7 +29,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
         filter: filter.to_owned(),
         source,
     })?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let never = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG);
+    let registry = tracing_subscriber::registry().with(filter).with(never);
     match format {
         LogFormat::Pretty => registry.with(fmt::layer()).try_init()?,
         LogFormat::Json => registry

@@ -840,7 +840,7 @@ async fn resuming_clients_get_the_ops_they_missed(db: &TestDb) {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["client_id", "created_at", "op", "rev", "seq"],
+            ["author", "client_id", "created_at", "op", "rev", "seq"],
             "{op}"
         );
     }

@@ -129,7 +129,11 @@ async fn ops_are_listed(db: &TestDb) {
         let obj = op.as_object().unwrap();
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["client_id", "created_at", "op", "rev", "seq"]);
+        assert_eq!(
+            keys,
+            ["author", "client_id", "created_at", "op", "rev", "seq"]
+        );
+        assert_eq!(op["author"], Value::Null, "open mode names nobody");
         assert_eq!(op["rev"], i as u64 + 1);
         assert_eq!(op["client_id"], Value::Null);
         assert_eq!(op["seq"], Value::Null);

@@ -67,10 +67,8 @@ impl<R: Needed + Send + Sync> FromRequestParts<AppState> for Doc<R> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let access = Access::from_request_parts(parts, state).await?;
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| AppError::NotFound)?;
+        let crate::extract::Path(raw) =
+            crate::extract::Path::<String>::from_request_parts(parts, state).await?;
         let role = access.role_on(&raw);
         match role {
             Some(role) if role >= R::ROLE => {}

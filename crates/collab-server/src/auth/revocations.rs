@@ -53,7 +53,7 @@ impl RevokedSet {
             None => false,
             Some(before) => token
                 .iat
-                .is_none_or(|iat| i64::try_from(iat).map_or(false, |iat| iat <= *before)),
+                .is_none_or(|iat| i64::try_from(iat).is_ok_and(|iat| iat <= *before)),
         }
     }
 }
