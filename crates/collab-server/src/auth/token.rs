@@ -250,6 +250,11 @@ pub fn mint_with(secret: &Secret, claims: &Claims) -> Result<String, String> {
 
 /// The public key of a PEM file and the algorithm its type implies.
 fn public_key(pem: &[u8]) -> Result<Key, String> {
+    // The library reads a private RSA key as happily as a public one; a
+    // server given its signer's private key should say so, not 401 everyone.
+    if !String::from_utf8_lossy(pem).contains("PUBLIC KEY-----") {
+        return Err("COLLAB_AUTH_PUBLIC_KEY must hold a PEM public key (BEGIN PUBLIC KEY)".into());
+    }
     if let Ok(key) = DecodingKey::from_ed_pem(pem) {
         return Ok(Key {
             algorithm: Algorithm::EdDSA,
@@ -340,6 +345,80 @@ mod tests {
             let forged = format!("{}.{payload}.", b64(header));
             assert_eq!(v.verify(&forged), Err(TokenError::Algorithm), "{header}");
         }
+    }
+
+    /// Key pairs made for these tests alone (`openssl genpkey`), one per
+    /// accepted public-key algorithm.
+    const KEYS: [(Algorithm, &str, &str); 3] = [
+        (
+            Algorithm::EdDSA,
+            include_str!("testdata/ed25519.key"),
+            include_str!("testdata/ed25519.pub"),
+        ),
+        (
+            Algorithm::ES256,
+            include_str!("testdata/p256.key"),
+            include_str!("testdata/p256.pub"),
+        ),
+        (
+            Algorithm::RS256,
+            include_str!("testdata/rsa.key"),
+            include_str!("testdata/rsa.pub"),
+        ),
+    ];
+
+    fn sign_with(algorithm: Algorithm, private_pem: &str, claims: &Claims) -> String {
+        let key = match algorithm {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(private_pem.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+        }
+        .unwrap();
+        jsonwebtoken::encode(&Header::new(algorithm), claims, &key).unwrap()
+    }
+
+    #[test]
+    fn public_keys_accept_their_algorithm_only() {
+        let c = claims(now_secs() + 60);
+        for (algorithm, private, public) in KEYS {
+            let v = Verifier::new(None, Some(public.as_bytes()), 30)
+                .unwrap()
+                .unwrap();
+            assert!(!v.can_mint(), "no secret, no share links");
+            let token = sign_with(algorithm, private, &c);
+            assert_eq!(v.verify(&token).unwrap().sub, "alice", "{algorithm:?}");
+            // The other key types' tokens are refused by algorithm.
+            for (other, other_private, _) in KEYS {
+                if other != algorithm {
+                    let t = sign_with(other, other_private, &c);
+                    assert_eq!(
+                        v.verify(&t),
+                        Err(TokenError::Algorithm),
+                        "{other:?} on {algorithm:?}"
+                    );
+                }
+            }
+            // Key confusion: an HS256 token "signed" with the public key.
+            let forged = mint_with(&Secret::new(public), &c).unwrap();
+            assert_eq!(
+                v.verify(&forged),
+                Err(TokenError::Algorithm),
+                "HS256 on {algorithm:?}"
+            );
+            // Both keys at once: each checks its own tokens.
+            let both = Verifier::new(Some(&Secret::new(SECRET)), Some(public.as_bytes()), 30)
+                .unwrap()
+                .unwrap();
+            assert!(both.verify(&token).is_ok());
+            assert!(both.verify(&both.mint(&c).unwrap()).is_ok());
+            assert_eq!(both.verify(&forged), Err(TokenError::BadSignature));
+        }
+        assert!(Verifier::new(None, Some(b"not a key"), 30).is_err());
+        let private_as_public = Verifier::new(None, Some(KEYS[2].1.as_bytes()), 30);
+        assert!(
+            private_as_public.is_err(),
+            "a private key is not a public key"
+        );
     }
 
     #[test]
