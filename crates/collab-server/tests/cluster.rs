@@ -1263,3 +1263,122 @@ async fn redis_with_sqlite_is_refused() {
         "{said}"
     );
 }
+
+/// A revocation made through one instance closes a session on another
+/// within a second. The instances' table polls are set far apart here, so
+/// only the Redis message can do it in time (the poll, which covers a lost
+/// message, is tested on one instance in `access.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_reaches_every_instance_within_a_second() {
+    use collab_server::auth::{mint_with, now_secs, Claims, Secret};
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SECRET: &str = "cluster-test-secret-cluster-test-secret";
+    run(|env| async move {
+        let cluster = Cluster::start_with(
+            &env,
+            2,
+            env.redis_url.clone(),
+            vec![
+                ("COLLAB_AUTH_SECRET", SECRET.to_owned()),
+                ("COLLAB_REVOCATION_POLL_MS", "600000".to_owned()),
+            ],
+        )
+        .await;
+        let token = |sub: &str, role: &str| {
+            let now = now_secs();
+            let claims = Claims {
+                sub: sub.to_owned(),
+                exp: now + 600,
+                iat: Some(now),
+                nbf: None,
+                jti: None,
+                name: None,
+                docs: Some([("*".to_owned(), role.to_owned())].into()),
+            };
+            mint_with(&Secret::new(SECRET), &claims).expect("mint")
+        };
+        let admin = token("root", "admin");
+        let res = cluster
+            .http
+            .post(cluster.url(0, "/api/documents"))
+            .bearer_auth(&admin)
+            .json(&json!({"id": DOC, "title": "t"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(res.status(), 201);
+
+        let url = format!(
+            "ws://{}/ws/documents/{DOC}?token={}",
+            cluster.addr(1),
+            token("eve", "write")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let welcome = ws.next().await.expect("welcome").expect("frame");
+        assert!(
+            welcome.to_text().unwrap().contains("\"welcome\""),
+            "{welcome:?}"
+        );
+
+        let started = Instant::now();
+        let res = cluster
+            .http
+            .post(cluster.url(0, "/api/auth/revocations"))
+            .bearer_auth(&admin)
+            .json(&json!({"sub": "eve"}))
+            .send()
+            .await
+            .expect("revoke");
+        assert_eq!(res.status(), 204);
+        let mut error = None;
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Text(t) => error = Some(serde_json::from_str::<Value>(&t).unwrap()),
+                    Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .expect("the session on the other instance was not closed");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert_eq!(closed, Some(1008));
+        let error = error.expect("an error frame before the close");
+        assert_eq!(
+            (error["code"].as_str(), error["message"].as_str()),
+            (Some("unauthorized"), Some("token revoked"))
+        );
+        // And the other instance refuses the token for new requests too.
+        let res = cluster
+            .http
+            .get(cluster.url(1, &format!("/api/documents/{DOC}")))
+            .bearer_auth(token_issued_before(&cluster, SECRET).await)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status(), 401);
+    })
+    .await;
+}
+
+/// A token of the revoked user issued before the revocation.
+async fn token_issued_before(_cluster: &Cluster, secret: &str) -> String {
+    use collab_server::auth::{mint_with, now_secs, Claims, Secret};
+    let claims = Claims {
+        sub: "eve".to_owned(),
+        exp: now_secs() + 600,
+        iat: Some(now_secs() - 5),
+        nbf: None,
+        jti: None,
+        name: None,
+        docs: Some([("*".to_owned(), "read".to_owned())].into()),
+    };
+    mint_with(&Secret::new(secret), &claims).expect("mint")
+}
