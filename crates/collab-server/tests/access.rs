@@ -945,6 +945,14 @@ async fn open_mode_is_unchanged_and_names_nobody() {
     )
     .await;
     assert_eq!(s, 200);
+    let res = app
+        .http
+        .get(app.url("/api/documents"))
+        .header("authorization", "Basic x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "open mode ignores credentials");
     let (mut a, welcome) = join_query(&app, "notes", "client_id=a").await;
     assert_eq!(
         (welcome["role"].as_str(), welcome["exp"].is_null()),

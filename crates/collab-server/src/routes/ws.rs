@@ -67,6 +67,7 @@ pub async fn upgrade(
 ) -> Response {
     // Browsers cannot set headers on a WebSocket: `?token=` is the usual way.
     let access = match query.get("token") {
+        _ if state.auth.is_open() => Ok(Access::Open),
         Some(token) => state.auth.authenticate(Some(token)),
         None => bearer(&headers).and_then(|token| state.auth.authenticate(token)),
     };
