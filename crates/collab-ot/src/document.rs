@@ -142,6 +142,10 @@ pub struct Document {
     limits: DocumentLimits,
     history: VecDeque<Entry>,
     last_commit: HashMap<String, LastCommit>,
+    /// Who committed under each client id (the latest op's author), for
+    /// servers that check tokens: one user must not be able to pass off
+    /// their ops as another's client, nor be acknowledged for its seqs.
+    owners: HashMap<String, String>,
     peers: BTreeMap<String, Peer>,
 }
 
@@ -154,6 +158,7 @@ impl Document {
             limits,
             history: VecDeque::new(),
             last_commit: HashMap::new(),
+            owners: HashMap::new(),
             peers: BTreeMap::new(),
         }
     }
@@ -337,6 +342,17 @@ impl Document {
         }
     }
 
+    /// The user who committed under `client_id` (the author of its latest
+    /// op since this document was loaded), if any did with a token.
+    pub fn client_owner(&self, client_id: &str) -> Option<&str> {
+        self.owners.get(client_id).map(String::as_str)
+    }
+
+    /// Records that `client_id` belongs to `author`, as learned from the store.
+    pub fn set_client_owner(&mut self, client_id: &str, author: &str) {
+        self.owners.insert(client_id.to_owned(), author.to_owned());
+    }
+
     /// Whether this document has seen any commit from `client_id` since it
     /// was loaded. When it has not, the server must ask the store about a
     /// `(client_id, seq)` before trusting [`Document::submit`] with it.
@@ -481,6 +497,11 @@ impl Document {
         }
         if let (Some(client_id), Some(seq)) = (&committed.client_id, committed.seq) {
             self.remember(client_id, seq, committed.rev);
+            if let Some(author) = &committed.author {
+                if self.owners.get(client_id) != Some(author) {
+                    self.owners.insert(client_id.clone(), author.clone());
+                }
+            }
         }
         self.history.push_back(Entry {
             committed,
@@ -536,6 +557,24 @@ mod tests {
         );
         assert_eq!(d.content().to_string(), "zxy");
         assert_eq!(d.rev(), 3);
+    }
+
+    #[test]
+    fn client_ids_are_owned_by_their_first_author() {
+        let mut d = doc("");
+        assert_eq!(d.client_owner("c"), None);
+        d.submit_as(Some("ann"), Some("c"), Some(1), 0, op(r#"["a"]"#))
+            .unwrap();
+        assert_eq!(d.client_owner("c"), Some("ann"));
+        // Open-mode ops (no author) bind nobody and change no owner.
+        d.submit(Some("c"), Some(2), 1, op(r#"["b"]"#)).unwrap();
+        d.submit(Some("o"), Some(1), 2, op(r#"["b"]"#)).unwrap();
+        assert_eq!(
+            (d.client_owner("c"), d.client_owner("o")),
+            (Some("ann"), None)
+        );
+        d.set_client_owner("o", "bob");
+        assert_eq!(d.client_owner("o"), Some("bob"));
     }
 
     #[test]

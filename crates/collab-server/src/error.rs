@@ -170,6 +170,7 @@ impl From<RoomError> for AppError {
                 _ => AppError::Internal(e),
             },
             RoomError::RateLimited => AppError::RateLimited(e.to_string()),
+            RoomError::ClientTaken(_) => AppError::Forbidden(e.to_string()),
             RoomError::Closed | RoomError::ShuttingDown => AppError::Unavailable(None),
         }
     }

@@ -990,3 +990,59 @@ async fn open_mode_is_unchanged_and_names_nobody() {
     );
     app.stop().await;
 }
+
+/// In token mode a client id belongs to the user who edits under it: another
+/// user cannot join with it (live or not, before or after a restart), so
+/// nobody's edits can be passed off or acknowledged as someone else's.
+async fn client_ids_belong_to_their_user(db: &TestDb) {
+    let app = spawn_token_app(db).await;
+    create(&app, &admin(), "notes", "").await;
+    let alice = token("alice", &[("notes", "write")]);
+    let mallory = token("mallory", &[("notes", "write")]);
+    let (mut a, _) = join(&app, "notes", &alice, "shared").await;
+    send_op(&mut a, 0, 1, json!(["a"])).await;
+    assert_eq!(next_json(&mut a).await["type"], "ack");
+    let message = refused(
+        &app,
+        &format!("/ws/documents/notes?token={mallory}&client_id=shared"),
+        "forbidden",
+    )
+    .await;
+    assert!(message.contains("another user"), "{message}");
+    drop(a);
+    refused(
+        &app,
+        &format!("/ws/documents/notes?token={mallory}&client_id=shared"),
+        "forbidden",
+    )
+    .await;
+    // A fresh id of mallory's own is fine, and alice keeps hers.
+    join(&app, "notes", &mallory, "mine").await;
+    join(&app, "notes", &alice, "shared").await;
+    app.stop().await;
+
+    let app = spawn_token_app(db).await;
+    refused(
+        &app,
+        &format!("/ws/documents/notes?token={mallory}&client_id=shared"),
+        "forbidden",
+    )
+    .await;
+    let (mut a, welcome) = join(&app, "notes", &alice, "shared").await;
+    // Her resend after the restart is still recognised as hers.
+    send_op(&mut a, 0, 1, json!(["a"])).await;
+    let ack = next_json(&mut a).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["rev"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack} after {welcome}"
+    );
+    app.stop().await;
+}
+
+backend_tests!(
+    rest_matrix,
+    revocations_survive_a_restart,
+    authorship_is_recorded,
+    client_ids_belong_to_their_user
+);

@@ -86,6 +86,10 @@ pub enum RoomError {
     Rejected(#[from] SubmitError),
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// In token mode: the client id belongs to another user (its ops, or a
+    /// live connection, carry another `sub`).
+    #[error("client_id {0} belongs to another user; connect with a client_id of your own")]
+    ClientTaken(String),
     /// The sender has used up its share of the document's time; retry later.
     #[error("this connection has used its share of the document's time; resend in a moment")]
     RateLimited,

@@ -366,6 +366,17 @@ impl Room {
             op,
         } = submission;
 
+        // In token mode a client id belongs to the user who committed under
+        // it: another user's op under it is neither applied nor acknowledged.
+        if let (Some(client), Some(author)) = (client_id.as_deref(), author.as_deref()) {
+            let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+            if doc
+                .client_owner(client)
+                .is_some_and(|owner| owner != author)
+            {
+                return Err(RoomError::ClientTaken(client.to_owned()));
+            }
+        }
         if let (Some(client), Some(seq)) = (client_id.as_deref(), seq) {
             if let Some(rev) = self.duplicate(client, seq, base_rev, &op).await? {
                 return Ok(Outcome::Duplicate(rev));
@@ -812,9 +823,12 @@ impl Room {
 
     async fn join(&mut self, session: u64, request: JoinRequest) -> Result<Frame, RoomError> {
         self.ensure_loaded().await?;
+        let client_id = request.client_id.into_string();
+        if let Some(user) = &request.grant.user_id {
+            self.check_client_owner(&client_id, user).await?;
+        }
         let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
         let rev = doc.rev();
-        let client_id = request.client_id.into_string();
         let peers = doc
             .peers()
             .filter(|p| p.client_id != client_id)
@@ -866,6 +880,28 @@ impl Room {
             },
         );
         Ok(frame(&welcome))
+    }
+
+    /// Token mode: refuses a client id under which another user committed
+    /// ops, or that another user's live session here uses. Ops made in open
+    /// mode (no author) bind nobody.
+    async fn check_client_owner(&mut self, client: &str, user: &str) -> Result<(), RoomError> {
+        let taken_live = self
+            .sessions
+            .values()
+            .any(|s| s.client_id == client && s.user_id.as_deref().is_some_and(|u| u != user));
+        let doc = self.doc.as_ref().ok_or(RoomError::NotFound)?;
+        let owner = match doc.client_owner(client) {
+            Some(owner) => Some(owner.to_owned()),
+            None => self.shared.store.client_owner(&self.id, client).await?,
+        };
+        if taken_live || owner.as_deref().is_some_and(|o| o != user) {
+            return Err(RoomError::ClientTaken(client.to_owned()));
+        }
+        if let (Some(owner), Some(doc)) = (owner, self.doc.as_mut()) {
+            doc.set_client_owner(client, &owner);
+        }
+        Ok(())
     }
 
     fn presence(
@@ -1090,6 +1126,7 @@ fn session_error(e: &RoomError) -> (ErrorCode, String) {
         RoomError::Rejected(SubmitError::TooComplex { .. }) => ErrorCode::TooLarge,
         RoomError::Rejected(SubmitError::TooFarBehind { .. }) => ErrorCode::RevOutOfRange,
         RoomError::RateLimited => ErrorCode::RateLimited,
+        RoomError::ClientTaken(_) => ErrorCode::Forbidden,
         RoomError::NotFound => ErrorCode::DocumentDeleted,
         RoomError::Store(_) | RoomError::Closed | RoomError::ShuttingDown => {
             // Not the client's fault: nothing was applied; it resends.

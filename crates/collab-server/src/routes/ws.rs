@@ -178,6 +178,13 @@ impl Connection {
                     };
                     conn.refuse(refusal.concealed(&session)).await
                 }
+                Err(e @ RoomError::ClientTaken(_)) => {
+                    let refusal = Refusal {
+                        code: ErrorCode::Forbidden,
+                        message: e.to_string(),
+                    };
+                    conn.refuse(refusal).await
+                }
                 Err(e) => {
                     debug!(error = %e, "could not join");
                     conn.close(CLOSE_RESTART, "try again").await;

@@ -298,6 +298,14 @@ pub trait DocumentStore: Send + Sync + 'static {
         offset: u64,
     ) -> Result<(Vec<DocumentMeta>, u64), StoreError>;
 
+    /// The author of the latest op committed under `client_id` with a
+    /// token (`None`: no such op, or only ops made in open mode).
+    async fn client_owner(
+        &self,
+        id: &DocumentId,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
     /// Stores a revocation; its position in the table's order.
     async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError>;
 

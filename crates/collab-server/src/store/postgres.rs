@@ -130,6 +130,14 @@ impl DocumentStore for PostgresStore {
         Postgres::list_documents(&self.pool, filter, limit, offset).await
     }
 
+    async fn client_owner(
+        &self,
+        id: &DocumentId,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Postgres::client_owner(&self.pool, id, client_id).await
+    }
+
     async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
         Postgres::add_revocation(&self.pool, revocation).await
     }

@@ -39,6 +39,7 @@ where
     for<'r> (Option<i64>,): FromRow<'r, <Self as Database>::Row>,
     for<'r> (i64, String): FromRow<'r, <Self as Database>::Row>,
     for<'r> RevocationRow: FromRow<'r, <Self as Database>::Row>,
+    for<'r> (String,): FromRow<'r, <Self as Database>::Row>,
 {
     /// The statement that makes a transaction's reads agree with each other,
     /// if its default isolation does not already.
@@ -145,6 +146,23 @@ where
             .map(meta_from_row)
             .collect::<Result<_, _>>()?;
         Ok((items, to_u64(total)?))
+    }
+
+    async fn client_owner(
+        pool: &Pool<Self>,
+        id: &DocumentId,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT author FROM operations \
+             WHERE document_id = $1 AND client_id = $2 AND author IS NOT NULL \
+             ORDER BY rev DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .bind(client_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|(author,)| author))
     }
 
     async fn add_revocation(pool: &Pool<Self>, revocation: &Revocation) -> Result<u64, StoreError> {

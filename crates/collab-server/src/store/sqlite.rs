@@ -318,6 +318,14 @@ impl DocumentStore for SqliteStore {
         Sqlite::list_documents(&self.pool, filter, limit, offset).await
     }
 
+    async fn client_owner(
+        &self,
+        id: &DocumentId,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Sqlite::client_owner(&self.pool, id, client_id).await
+    }
+
     async fn add_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
         Sqlite::add_revocation(&self.pool, revocation).await
     }
