@@ -248,6 +248,7 @@ export class CollabClient extends EventTarget {
     this._refreshing = null; // Promise while refreshToken() runs
     this._tokenRenewed = false; // a new token since the server last told us its exp
     this._resyncWhenIdle = false; // reload once the op in flight is answered
+    this._authPending = 0; // auth frames sent on this connection and not yet answered
 
     if (globalThis.addEventListener) {
       // Back online: try now rather than at the end of the backoff.
@@ -304,6 +305,7 @@ export class CollabClient extends EventTarget {
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._authRetryTimer);
     if (this._onOnline) globalThis.removeEventListener('online', this._onOnline);
     if (this._onPageHide) {
       globalThis.removeEventListener('pagehide', this._onPageHide);
@@ -375,7 +377,7 @@ export class CollabClient extends EventTarget {
     this._tokenRenewed = true;
     clearTimeout(this._refreshTimer);
     this._dispatch('token', { token });
-    this._send({ type: 'auth', token });
+    if (this._send({ type: 'auth', token })) this._authPending++;
   }
 
   // ---- access tokens --------------------------------------------------------
@@ -470,6 +472,7 @@ export class CollabClient extends EventTarget {
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._authRetryTimer);
     this._drop();
     this._setStatus(status);
   }
@@ -508,6 +511,7 @@ export class CollabClient extends EventTarget {
     }
     this._ws = ws;
     this._wsToken = this.token;
+    this._authPending = 0;
     this._welcomed = false;
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -599,6 +603,7 @@ export class CollabClient extends EventTarget {
         return this._onError(msg);
       case 'auth':
         // The reply to our `auth` frame: the new token is in force.
+        if (this._authPending > 0) this._authPending--;
         this._tokenRenewed = false;
         this._setRole(msg.role, msg.exp);
         this._scheduleRefresh();
@@ -680,7 +685,7 @@ export class CollabClient extends EventTarget {
     this._scheduleRefresh();
     if (this._wsToken !== this.token && this.token) {
       // Renewed while this connection was being set up.
-      this._send({ type: 'auth', token: this.token });
+      if (this._send({ type: 'auth', token: this.token })) this._authPending++;
     }
     if (this.readOnly && this.pending > 0) {
       // Read only now, with edits the server would refuse: drop them and
@@ -771,7 +776,11 @@ export class CollabClient extends EventTarget {
   _onError(msg) {
     const code = msg.code || 'error';
     const ours = this.inflight && msg.seq != null && msg.seq === this.inflight.seq;
-    if (code === 'forbidden' && this._welcomed) {
+    // A `forbidden` without seq while a refresh is unanswered refuses that
+    // token (it does not grant this document): final, like one before the
+    // welcome. The server closes the connection.
+    const refusedRefresh = code === 'forbidden' && msg.seq == null && this._authPending > 0;
+    if (code === 'forbidden' && this._welcomed && !refusedRefresh) {
       // The connection is read only now (a refreshed token with less access):
       // an op or a presence was refused. The connection stays open.
       if (ours) {
@@ -792,6 +801,16 @@ export class CollabClient extends EventTarget {
         this._presenceDirty = false;
         this._setRole('read');
       }
+      return;
+    }
+    if (code === 'rate_limited' && msg.seq == null && this._authPending > 0) {
+      // Too many `auth` frames at once (the server takes two a second): the
+      // token was not applied; send the newest again shortly.
+      this._authPending--;
+      clearTimeout(this._authRetryTimer);
+      this._authRetryTimer = setTimeout(() => {
+        if (this.token && this._send({ type: 'auth', token: this.token })) this._authPending++;
+      }, 1000);
       return;
     }
     const fatal = FATAL_CODES.has(code) || code === 'forbidden';

@@ -613,3 +613,106 @@ test('token mode: a refreshed token with less access makes the editor read only 
     await ctx.close();
   });
 });
+
+test('token mode, the library against the real server: refresh before exp, expiry without it, a refused op after a downgrade', async () => {
+  const env = { COLLAB_AUTH_SECRET: SECRET, COLLAB_AUTH_LEEWAY_SECS: '0' };
+  await withServer(async (server) => {
+    const rest = restClient(server.url, token({ sub: 'owner', docs: { '*': 'admin' } }));
+    const doc = (await rest('POST', '/api/documents', { title: 'Library', content: 'abc' })).body;
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const errors = watchErrors(page);
+    const minted = [];
+    // The page's "backend": mints a token for `sub` with `role` on the document.
+    await page.exposeFunction('mint', (sub, role, ttl) => {
+      minted.push({ sub, role, ttl });
+      return mintToken(SECRET, { sub, iat: nowSecs(), exp: nowSecs() + ttl, docs: { [doc.id]: role } });
+    });
+    await page.goto(server.url + '/assets/collab-client.js');
+    const result = await page.evaluate(async (id) => {
+      const { CollabClient } = await import('/assets/collab-client.js');
+      const wait = async (cond, what, ms = 10000) => {
+        const end = Date.now() + ms;
+        while (!cond()) {
+          if (Date.now() > end) throw new Error('timed out: ' + what);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      const log = (c) => {
+        const seen = [];
+        for (const name of ['error', 'auth']) c.addEventListener(name, (e) => seen.push({ name, ...e.detail }));
+        return seen;
+      };
+      const opts = { docId: id, storage: null };
+      // Short tokens: one refreshed before exp, one not.
+      const fresh = new CollabClient({ ...opts, token: await window.mint('ann', 'write', 4), refreshToken: () => window.mint('ann', 'write', 3600) });
+      const stale = new CollabClient({ ...opts, token: await window.mint('bob', 'write', 4) });
+      const freshLog = log(fresh);
+      const staleLog = log(stale);
+      await wait(() => fresh.content !== null && stale.content !== null, 'welcomes');
+      const firstExp = fresh.exp;
+      const startRole = fresh.role;
+      await wait(() => stale.status === 'unauthorized', 'the stale session to end', 12000);
+      await wait(() => fresh.exp > firstExp + 60, 'the refresh');
+      fresh.submitOp([3, '!']);
+      await wait(() => fresh.pending === 0, 'an ack after the refresh');
+
+      // A downgrade whose reply has not come back yet: the op sent right after is refused.
+      const carl = new CollabClient({ ...opts, token: await window.mint('carl', 'write', 3600) });
+      const carlLog = log(carl);
+      await wait(() => carl.content !== null && carl.rev === fresh.rev, 'carl');
+      carl.setToken(await window.mint('carl', 'read', 3600));
+      carl.submitOp(['refused ']);
+      await wait(() => carl.role === 'read' && carl.pending === 0 && carl.status === 'connected' && carl.content === fresh.content, 'the resync');
+      const readOnlyCode = (() => {
+        try {
+          carl.submitOp(['x']);
+        } catch (e) {
+          return e.code;
+        }
+      })();
+      // Still connected and still receiving.
+      fresh.submitOp(['>']);
+      await wait(() => carl.content === fresh.content && fresh.pending === 0, 'a remote edit after the downgrade');
+      const out = {
+        startRole,
+        firstExp,
+        freshExp: fresh.exp,
+        freshStatus: fresh.status,
+        freshContent: fresh.content,
+        staleStatus: stale.status,
+        staleErrors: staleLog.filter((e) => e.name === 'error'),
+        freshErrors: freshLog.filter((e) => e.name === 'error'),
+        carlErrors: carlLog.filter((e) => e.name === 'error'),
+        carlRole: carl.role,
+        carlStatus: carl.status,
+        carlContent: carl.content,
+        readOnlyCode,
+      };
+      fresh.close();
+      carl.close();
+      return out;
+    }, doc.id);
+
+    assert.equal(result.startRole, 'write');
+    assert.ok(result.firstExp <= nowSecs() + 4, JSON.stringify(result));
+    assert.equal(result.freshStatus, 'connected');
+    assert.deepEqual(result.freshErrors, []);
+    assert.equal(result.staleStatus, 'unauthorized');
+    assert.equal(result.staleErrors.length, 1, JSON.stringify(result.staleErrors));
+    assert.equal(result.staleErrors[0].reason, 'expired');
+    assert.match(result.staleErrors[0].message, /token expired/);
+    assert.ok(minted.some((m) => m.sub === 'ann' && m.ttl === 3600), 'refreshToken was called');
+    assert.ok(result.carlErrors.some((e) => e.code === 'forbidden' && !e.fatal), JSON.stringify(result.carlErrors));
+    assert.equal(result.carlRole, 'read');
+    assert.equal(result.readOnlyCode, 'read_only');
+    const server_ = (await rest('GET', `/api/documents/${doc.id}`)).body;
+    assert.equal(server_.content, '>abc!');
+    assert.equal(result.carlContent, '>abc!');
+    assert.ok(!server_.content.includes('refused'));
+    const ops = (await rest('GET', `/api/documents/${doc.id}/ops?since=0&limit=100`)).body.ops;
+    assert.deepEqual(ops.map((o) => o.author), ['ann', 'ann']);
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  }, { env });
+});

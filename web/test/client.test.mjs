@@ -472,6 +472,42 @@ test('a refresh for another user ends the session', async () => {
   assert.equal(server.urls.length, 1, 'no reconnect');
 });
 
+test('a rate-limited auth frame is sent again', async () => {
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'read', exp: nowSecs() + 3600 }],
+    ['t2', { sub: 'ann', role: 'write', exp: nowSecs() + 7200 }],
+  ]);
+  const server = tokenServer(grants);
+  const a = client(server, { token: 't1' });
+  await server.until(() => a.content !== null, 'welcome');
+  let n = 0;
+  server.hooks.onAuth = () => (++n === 1 ? 'rate_limited' : undefined);
+  a.setToken('t2');
+  await server.until(() => a.role === 'write', 'the second auth frame applied', 5000);
+  assert.deepEqual(server.authFrames.map((f) => f.token), ['t2', 't2']);
+  assert.equal(a.status, 'connected');
+  a.close();
+});
+
+test('a refresh whose token does not grant this document is final (forbidden, not a read-only downgrade)', async () => {
+  const grants = new Map([
+    ['t1', { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+    ['other-doc', { error: 'forbidden', message: 'no access to this document' }],
+  ]);
+  const server = tokenServer(grants);
+  const a = client(server, { token: 't1' });
+  const errors = events(a, 'error');
+  await server.until(() => a.content !== null, 'welcome');
+  a.setToken('other-doc');
+  await server.until(() => a.status === 'forbidden', 'forbidden');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].fatal, true);
+  assert.equal(a.role, 'write', 'not mistaken for a downgrade');
+  await sleep(30);
+  while (server.step());
+  assert.equal(server.urls.length, 1, 'no reconnect');
+});
+
 for (const [code, message, reason] of [
   ['unauthorized', 'token expired', 'expired'],
   ['unauthorized', 'token revoked', 'revoked'],

@@ -133,9 +133,13 @@ export class FakeServer {
     const msg = JSON.parse(data);
     if (msg.type === 'auth') {
       this.authFrames.push({ sock, token: msg.token });
+      if (this.hooks.onAuth && this.hooks.onAuth(sock, msg) === 'rate_limited') {
+        return this._toClient(sock, { type: 'error', code: 'rate_limited', message: 'too many auth frames' });
+      }
       const grant = this.auth ? this.auth(msg.token) : null;
       if (!grant || grant.error || grant.sub !== sock.grant.sub) {
-        return this.endSession(sock, 'unauthorized', (grant && grant.message) || 'bad token');
+        const code = grant && grant.error === 'forbidden' ? 'forbidden' : 'unauthorized';
+        return this.endSession(sock, code, (grant && grant.message) || 'bad token');
       }
       sock.grant = grant;
       return this._toClient(sock, { type: 'auth', role: grant.role, exp: grant.exp });

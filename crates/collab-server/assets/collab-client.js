@@ -713,6 +713,7 @@ var CollabClient = class extends EventTarget {
     this._refreshing = null;
     this._tokenRenewed = false;
     this._resyncWhenIdle = false;
+    this._authPending = 0;
     if (globalThis.addEventListener) {
       this._onOnline = () => {
         if (!this._ws && !this._stopped && !this._paused) {
@@ -759,6 +760,7 @@ var CollabClient = class extends EventTarget {
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._authRetryTimer);
     if (this._onOnline) globalThis.removeEventListener("online", this._onOnline);
     if (this._onPageHide) {
       globalThis.removeEventListener("pagehide", this._onPageHide);
@@ -825,7 +827,7 @@ var CollabClient = class extends EventTarget {
     this._tokenRenewed = true;
     clearTimeout(this._refreshTimer);
     this._dispatch("token", { token });
-    this._send({ type: "auth", token });
+    if (this._send({ type: "auth", token })) this._authPending++;
   }
   // ---- access tokens --------------------------------------------------------
   _scheduleRefresh() {
@@ -911,6 +913,7 @@ var CollabClient = class extends EventTarget {
     clearTimeout(this._timer);
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._authRetryTimer);
     this._drop();
     this._setStatus(status);
   }
@@ -943,6 +946,7 @@ var CollabClient = class extends EventTarget {
     }
     this._ws = ws;
     this._wsToken = this.token;
+    this._authPending = 0;
     this._welcomed = false;
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -1023,6 +1027,7 @@ var CollabClient = class extends EventTarget {
       case "error":
         return this._onError(msg);
       case "auth":
+        if (this._authPending > 0) this._authPending--;
         this._tokenRenewed = false;
         this._setRole(msg.role, msg.exp);
         this._scheduleRefresh();
@@ -1094,7 +1099,7 @@ var CollabClient = class extends EventTarget {
     this._setStatus("connected");
     this._scheduleRefresh();
     if (this._wsToken !== this.token && this.token) {
-      this._send({ type: "auth", token: this.token });
+      if (this._send({ type: "auth", token: this.token })) this._authPending++;
     }
     if (this.readOnly && this.pending > 0) {
       const lost = this.pending;
@@ -1172,7 +1177,8 @@ var CollabClient = class extends EventTarget {
   _onError(msg) {
     const code = msg.code || "error";
     const ours = this.inflight && msg.seq != null && msg.seq === this.inflight.seq;
-    if (code === "forbidden" && this._welcomed) {
+    const refusedRefresh = code === "forbidden" && msg.seq == null && this._authPending > 0;
+    if (code === "forbidden" && this._welcomed && !refusedRefresh) {
       if (ours) {
         const lost = this.pending;
         this.inflight = null;
@@ -1190,6 +1196,14 @@ var CollabClient = class extends EventTarget {
         this._presenceDirty = false;
         this._setRole("read");
       }
+      return;
+    }
+    if (code === "rate_limited" && msg.seq == null && this._authPending > 0) {
+      this._authPending--;
+      clearTimeout(this._authRetryTimer);
+      this._authRetryTimer = setTimeout(() => {
+        if (this.token && this._send({ type: "auth", token: this.token })) this._authPending++;
+      }, 1e3);
       return;
     }
     const fatal = FATAL_CODES.has(code) || code === "forbidden";
