@@ -543,12 +543,6 @@ async fn authorship_is_recorded(db: &TestDb) {
     app.stop().await;
 }
 
-backend_tests!(
-    rest_matrix,
-    revocations_survive_a_restart,
-    authorship_is_recorded
-);
-
 // ---------------------------------------------------------------------------
 // WebSocket sessions (the store does not matter here: SQLite).
 
