@@ -106,6 +106,22 @@ function randomId() {
   return 'c' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
+/**
+ * The `sub` claim of a JWT, read without checking it (only to keep one user's
+ * client id away from another's); null when absent or unreadable.
+ */
+export function tokenSubject(token) {
+  if (typeof token !== 'string') return null;
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+    return claims && typeof claims.sub === 'string' ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
+
 function defaultStorage() {
   try {
     if (globalThis.sessionStorage) return globalThis.sessionStorage;
@@ -216,10 +232,16 @@ export class CollabClient extends EventTarget {
     /** The token's expiry (unix seconds) as the server reported it; null without one. */
     this.exp = null;
 
-    const saved = this._claim();
+    // In token mode the server ties a client id to the user who edits under
+    // it: a stored id is reused only by the same user (the token's `sub`).
+    this._sub = tokenSubject(this.token);
+    const claimed = this._claim();
+    const saved = (claimed.sub ?? null) === this._sub ? claimed : {};
+    this._fixedClientId = !!options.clientId;
     this.clientId = options.clientId || saved.clientId || randomId();
     if (!CLIENT_ID_RE.test(this.clientId)) throw new TypeError('client id must match [A-Za-z0-9_-]{1,64}');
     this.nextSeq = saved.clientId === this.clientId && saved.nextSeq > 0 ? saved.nextSeq : 1;
+    this._reidentified = false;
 
     /** The local content (server content plus pending local edits). */
     this.content = null;
@@ -374,6 +396,7 @@ export class CollabClient extends EventTarget {
   setToken(token) {
     if (typeof token !== 'string' || !token) throw new TypeError('token must be a non-empty string');
     this.token = token;
+    this._sub = tokenSubject(token);
     this._tokenRenewed = true;
     clearTimeout(this._refreshTimer);
     this._dispatch('token', { token });
@@ -465,6 +488,16 @@ export class CollabClient extends EventTarget {
       this._reconnectSoon();
     }
     this._emitStatus();
+  }
+
+  _newIdentity() {
+    this.clientId = randomId();
+    this.nextSeq = 1;
+    if (this.inflight) {
+      this.buffer = this.buffer ? textType.compose(this.inflight.op, this.buffer) : this.inflight.op;
+      this.bufferEdits += this.inflight.edits;
+      this.inflight = null;
+    }
   }
 
   _stopFor(status) {
@@ -813,6 +846,21 @@ export class CollabClient extends EventTarget {
       }, 1000);
       return;
     }
+    if (
+      code === 'forbidden' &&
+      !this._welcomed &&
+      !this._fixedClientId &&
+      !this._reidentified &&
+      /client_id|another user/i.test(msg.message || '')
+    ) {
+      // Our client id belongs to another user (this tab was theirs): take a
+      // fresh one, once. None of our edits were committed under that id, so
+      // the unsynced ones go out again under the new id.
+      this._reidentified = true;
+      this._newIdentity();
+      this._reconnectSoon();
+      return;
+    }
     const fatal = FATAL_CODES.has(code) || code === 'forbidden';
     this._emitError(code, msg.message, msg.seq, fatal);
     if (fatal) {
@@ -907,7 +955,9 @@ export class CollabClient extends EventTarget {
   _save() {
     if (!this.storage) return;
     try {
-      this.storage.setItem(this._key(), JSON.stringify({ clientId: this.clientId, nextSeq: this.nextSeq }));
+      const record = { clientId: this.clientId, nextSeq: this.nextSeq };
+      if (this._sub !== null) record.sub = this._sub;
+      this.storage.setItem(this._key(), JSON.stringify(record));
     } catch {
       // quota or disabled storage: keep going in memory
     }

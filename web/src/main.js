@@ -19,9 +19,9 @@ const TOKEN_KEY = 'collab:token';
 let memoryToken = null; // when sessionStorage is unavailable
 
 function takeTokenFromFragment() {
-  if (!location.hash || location.hash.length < 2) return;
+  if (!location.hash || location.hash.length < 2) return false;
   const params = new URLSearchParams(location.hash.slice(1));
-  if (!params.has('token')) return;
+  if (!params.has('token')) return false;
   const token = params.get('token');
   params.delete('token');
   if (token) {
@@ -34,6 +34,7 @@ function takeTokenFromFragment() {
   }
   const rest = params.toString();
   history.replaceState(history.state, '', location.pathname + location.search + (rest ? '#' + rest : ''));
+  return true;
 }
 
 function currentToken() {
@@ -101,6 +102,13 @@ function accessText(code, message) {
 }
 
 takeTokenFromFragment();
+// A link for the page already open (only the fragment differs) does not load
+// the page again: take its token and start over with it.
+window.addEventListener('hashchange', () => {
+  if (!new URLSearchParams(location.hash.slice(1)).has('token')) return;
+  takeTokenFromFragment();
+  location.reload();
+});
 
 // ---- small helpers -------------------------------------------------------------
 

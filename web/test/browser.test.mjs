@@ -716,3 +716,38 @@ test('token mode, the library against the real server: refresh before exp, expir
     await ctx.close();
   }, { env });
 });
+
+test('token mode: a second link for the same document in the same tab (another user) gets its own client id', async () => {
+  await withTokenServer(async (server, rest) => {
+    const doc = (await rest('POST', '/api/documents', { title: 'Two links', content: '' })).body;
+    const first = (await rest('POST', `/api/documents/${doc.id}/links`, { role: 'write', ttl_secs: 3600 })).body;
+    const second = (await rest('POST', `/api/documents/${doc.id}/links`, { role: 'write', ttl_secs: 3600 })).body;
+    const ctx = await newUser(browser, 'Tab', '#9a6324');
+    const a = await openEditor(ctx, server.url, doc.id, first.url.slice(first.url.indexOf('#')));
+    await a.page.click('.cm-content');
+    await a.page.keyboard.type('one ');
+    await converged(rest, doc.id, [a.page]);
+    const firstId = (await state(a.page)).clientId;
+
+    // The same tab follows the second link (only the fragment differs, so the
+    // page takes the token and loads again): another user (link:<jti>), so
+    // another client id.
+    await a.page.evaluate(() => (window.oldPage = true));
+    await a.page.goto(server.url + second.url);
+    await waitFor(
+      async () => !(await a.page.evaluate(() => window.oldPage)) && (await state(a.page))?.status === 'connected' && (await state(a.page)).editor !== null,
+      { what: 'the second link to connect' },
+    );
+    assert.equal(await a.page.evaluate(() => location.href), `${server.url}/d/${doc.id}`);
+    const secondId = (await state(a.page)).clientId;
+    assert.notEqual(secondId, firstId);
+    await a.page.click('.cm-content');
+    await a.page.keyboard.press('Control+End');
+    await a.page.keyboard.type('two');
+    assert.equal(await converged(rest, doc.id, [a.page]), 'one two');
+    const ops = (await rest('GET', `/api/documents/${doc.id}/ops?since=0&limit=100`)).body.ops;
+    assert.deepEqual([...new Set(ops.map((o) => o.author))], [`link:${first.jti}`, `link:${second.jti}`]);
+    assert.deepEqual(a.errors, []);
+    await ctx.close();
+  });
+});

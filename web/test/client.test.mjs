@@ -508,6 +508,81 @@ test('a refresh whose token does not grant this document is final (forbidden, no
   assert.equal(server.urls.length, 1, 'no reconnect');
 });
 
+/** A JWT-shaped token whose payload names `sub` (the fake server does not check signatures). */
+const jwtFor = (sub, tag = '') => `e30.${Buffer.from(JSON.stringify({ sub, tag })).toString('base64url')}.sig`;
+
+test("another user's token in the same tab does not reuse the stored client id", async () => {
+  const ann = jwtFor('ann');
+  const bob = jwtFor('bob');
+  const grants = new Map([
+    [ann, { sub: 'ann', role: 'write', exp: nowSecs() + 3600 }],
+    [bob, { sub: 'bob', role: 'write', exp: nowSecs() + 3600 }],
+  ]);
+  const server = tokenServer(grants, '');
+  const storage = new MemoryStorage();
+  const a = client(server, { token: ann, storage });
+  await server.until(() => a.content !== null, 'welcome');
+  insertAt(a, 0, 'a');
+  await server.until(() => a.pending === 0, 'ack');
+  a.close();
+  assert.equal(JSON.parse(storage.getItem('collab:doc')).sub, 'ann');
+  // The same user after a reload keeps the id and the seq...
+  const again = client(server, { token: jwtFor('ann', 'reloaded'), storage });
+  assert.equal(again.clientId, a.clientId);
+  assert.equal(again.nextSeq, 2);
+  again.close();
+  // ... another user gets an id of their own.
+  const b = client(server, { token: bob, storage });
+  assert.notEqual(b.clientId, a.clientId);
+  assert.equal(b.nextSeq, 1);
+  await server.until(() => b.content !== null, 'welcome');
+  insertAt(b, 1, 'b');
+  await server.until(() => b.pending === 0, 'ack');
+  assert.equal(server.content, 'ab');
+  b.close();
+});
+
+test('a client id refused as belonging to another user is replaced once, keeping unsynced edits', async () => {
+  const bob = jwtFor('bob');
+  const server = tokenServer(new Map([[bob, { sub: 'bob', role: 'write', exp: nowSecs() + 3600 }]]), 'x');
+  server.owners.set('shared', 'ann');
+  const storage = new MemoryStorage();
+  storage.setItem('collab:doc', JSON.stringify({ clientId: 'shared', nextSeq: 7, sub: 'bob' }));
+  const b = client(server, { token: bob, storage });
+  assert.equal(b.clientId, 'shared');
+  const errors = events(b, 'error');
+  await server.until(() => b.content !== null, 'welcome under a new id');
+  assert.notEqual(b.clientId, 'shared');
+  assert.equal(b.status, 'connected');
+  assert.deepEqual(errors, []);
+  insertAt(b, 1, '!');
+  await server.until(() => b.pending === 0, 'ack');
+  assert.equal(server.content, 'x!');
+  assert.equal(server.ops[0].client_id, b.clientId);
+  assert.equal(server.ops[0].seq, 1);
+  b.close();
+});
+
+test('an op in flight and buffered edits survive a client id refusal on reconnect', async () => {
+  const bob = jwtFor('bob');
+  const server = tokenServer(new Map([[bob, { sub: 'bob', role: 'write', exp: nowSecs() + 3600 }]]), 'x');
+  const b = client(server, { token: bob, clientId: undefined });
+  await server.until(() => b.content !== null, 'welcome');
+  const first = b.clientId;
+  server.hooks.onOp = () => 'drop'; // lost with the connection, never committed
+  insertAt(b, 1, '1');
+  insertAt(b, 2, '2');
+  assert.ok(b.inflight && b.buffer);
+  server.owners.set(first, 'ann'); // meanwhile, someone else's
+  await server.until(() => server.urls.length >= 2, 'the reconnect');
+  server.hooks = {};
+  await server.until(() => b.status === 'connected' && b.pending === 0, 'sync under a new id');
+  assert.notEqual(b.clientId, first);
+  assert.equal(server.content, 'x12');
+  assert.deepEqual(server.ops.map((o) => [o.client_id, o.seq]), [[b.clientId, 1]]);
+  b.close();
+});
+
 for (const [code, message, reason] of [
   ['unauthorized', 'token expired', 'expired'],
   ['unauthorized', 'token revoked', 'revoked'],

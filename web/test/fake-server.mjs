@@ -34,6 +34,7 @@ export class FakeServer {
     this.auth = auth;
     this.urls = []; // every connection's URL, in order
     this.authFrames = []; // every `auth` frame received: {sock, token}
+    this.owners = new Map(); // token mode: client id -> the sub who committed under it
     this.rev = 0;
     this.ops = []; // {rev, op, client_id, seq}
     this.committed = new Map(); // "cid:seq" -> rev
@@ -95,6 +96,11 @@ export class FakeServer {
       if (!grant || grant.error) {
         this.sockets.add(sock);
         return this.endSession(sock, (grant && grant.error) || 'unauthorized', (grant && grant.message) || 'bad token');
+      }
+      const owner = this.owners.get(sock.clientId);
+      if (owner !== undefined && owner !== grant.sub) {
+        this.sockets.add(sock);
+        return this.endSession(sock, 'forbidden', `client_id ${sock.clientId} belongs to another user; connect with a client_id of your own`);
       }
       sock.grant = grant;
     }
@@ -174,6 +180,7 @@ export class FakeServer {
     this.rev++;
     this.ops.push({ rev: this.rev, op, client_id: sock.clientId, seq: msg.seq, created_at: new Date(0).toISOString() });
     this.committed.set(key, this.rev);
+    if (sock.grant.sub !== null) this.owners.set(sock.clientId, sock.grant.sub);
     for (const p of this.presence.values()) if (p.selection) p.selection = type.transformSelection(p.selection, op);
     for (const s of this.sockets) {
       if (s !== sock) this._toClient(s, { type: 'op', rev: this.rev, op, client_id: sock.clientId, seq: msg.seq, author: sock.grant.sub });

@@ -609,6 +609,17 @@ function randomId() {
   (globalThis.crypto || {}).getRandomValues ? globalThis.crypto.getRandomValues(bytes) : bytes.forEach((_, i) => bytes[i] = Math.floor(Math.random() * 256));
   return "c" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
+function tokenSubject(token) {
+  if (typeof token !== "string") return null;
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bin = atob(part.padEnd(Math.ceil(part.length / 4) * 4, "="));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+    return claims && typeof claims.sub === "string" ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
 function defaultStorage() {
   try {
     if (globalThis.sessionStorage) return globalThis.sessionStorage;
@@ -688,10 +699,14 @@ var CollabClient = class extends EventTarget {
     this.refreshToken = typeof options.refreshToken === "function" ? options.refreshToken : null;
     this.role = null;
     this.exp = null;
-    const saved = this._claim();
+    this._sub = tokenSubject(this.token);
+    const claimed = this._claim();
+    const saved = (claimed.sub ?? null) === this._sub ? claimed : {};
+    this._fixedClientId = !!options.clientId;
     this.clientId = options.clientId || saved.clientId || randomId();
     if (!CLIENT_ID_RE.test(this.clientId)) throw new TypeError("client id must match [A-Za-z0-9_-]{1,64}");
     this.nextSeq = saved.clientId === this.clientId && saved.nextSeq > 0 ? saved.nextSeq : 1;
+    this._reidentified = false;
     this.content = null;
     this.rev = null;
     this.inflight = null;
@@ -824,6 +839,7 @@ var CollabClient = class extends EventTarget {
   setToken(token) {
     if (typeof token !== "string" || !token) throw new TypeError("token must be a non-empty string");
     this.token = token;
+    this._sub = tokenSubject(token);
     this._tokenRenewed = true;
     clearTimeout(this._refreshTimer);
     this._dispatch("token", { token });
@@ -907,6 +923,15 @@ var CollabClient = class extends EventTarget {
       this._reconnectSoon();
     }
     this._emitStatus();
+  }
+  _newIdentity() {
+    this.clientId = randomId();
+    this.nextSeq = 1;
+    if (this.inflight) {
+      this.buffer = this.buffer ? import_ot_text_unicode.type.compose(this.inflight.op, this.buffer) : this.inflight.op;
+      this.bufferEdits += this.inflight.edits;
+      this.inflight = null;
+    }
   }
   _stopFor(status) {
     this._stopped = true;
@@ -1206,6 +1231,12 @@ var CollabClient = class extends EventTarget {
       }, 1e3);
       return;
     }
+    if (code === "forbidden" && !this._welcomed && !this._fixedClientId && !this._reidentified && /client_id|another user/i.test(msg.message || "")) {
+      this._reidentified = true;
+      this._newIdentity();
+      this._reconnectSoon();
+      return;
+    }
     const fatal = FATAL_CODES.has(code) || code === "forbidden";
     this._emitError(code, msg.message, msg.seq, fatal);
     if (fatal) {
@@ -1282,7 +1313,9 @@ var CollabClient = class extends EventTarget {
   _save() {
     if (!this.storage) return;
     try {
-      this.storage.setItem(this._key(), JSON.stringify({ clientId: this.clientId, nextSeq: this.nextSeq }));
+      const record = { clientId: this.clientId, nextSeq: this.nextSeq };
+      if (this._sub !== null) record.sub = this._sub;
+      this.storage.setItem(this._key(), JSON.stringify(record));
     } catch {
     }
   }
@@ -1316,5 +1349,6 @@ export {
   describeError,
   diffOp,
   refreshDelay,
-  export_textType as textType
+  export_textType as textType,
+  tokenSubject
 };
