@@ -507,6 +507,11 @@ export class CollabClient extends EventTarget {
     clearTimeout(this._refreshTimer);
     clearTimeout(this._authRetryTimer);
     this._drop();
+    // No more presence or leave frames: the peers shown would go stale.
+    if (this.peers.size) {
+      this.peers = new Map();
+      this._dispatch('peers', { peers: this.peers });
+    }
     this._setStatus(status);
   }
 

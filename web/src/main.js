@@ -488,6 +488,9 @@ function renderEditor(id) {
     shareButton.hidden = ended || client.role !== 'admin' || client.exp === null;
     if (shareButton.hidden) sharePanel.el.hidden = true;
     if (binding) binding.setReadOnly(readOnly || ended);
+    // A reader's presence is not shared, so a name would go nowhere.
+    nameInput.disabled = readOnly || ended;
+    nameInput.title = nameInput.disabled ? 'Only people who can edit are shown to others' : '';
     document.body.classList.toggle('read-only', readOnly);
   };
 

@@ -940,6 +940,10 @@ var CollabClient = class extends EventTarget {
     clearTimeout(this._refreshTimer);
     clearTimeout(this._authRetryTimer);
     this._drop();
+    if (this.peers.size) {
+      this.peers = /* @__PURE__ */ new Map();
+      this._dispatch("peers", { peers: this.peers });
+    }
     this._setStatus(status);
   }
   // ---- connection ---------------------------------------------------------
