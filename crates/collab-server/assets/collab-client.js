@@ -876,7 +876,7 @@ var CollabClient = class extends EventTarget {
       if (failure) {
         this._emitError("token_refresh_failed", failure);
         const left = this.exp === null ? Infinity : this.exp * 1e3 - Date.now();
-        const delay = Math.max(1e3, Math.min(REFRESH_RETRY_MS, left / 4));
+        const delay = left > 0 ? Math.max(1e3, Math.min(REFRESH_RETRY_MS, left / 4)) : REFRESH_RETRY_MS;
         clearTimeout(this._refreshTimer);
         this._refreshTimer = setTimeout(() => this._refresh(), delay);
         return false;
