@@ -3,7 +3,7 @@
 //! `auth` frame change, has the token lapsed. No I/O, so every transition
 //! is unit-tested here.
 
-use collab_ot::protocol::{ErrorCode, Role, User};
+use collab_ot::protocol::{ClientMessage, ErrorCode, FrameError, Role, User};
 
 use super::{Access, Auth, TokenError};
 
@@ -60,19 +60,25 @@ impl SessionAccess {
         self.role
     }
 
-    /// `op` and `presence` need `write`; a `read` session gets `forbidden`
-    /// and stays open.
-    pub fn check_write(&self, what: &str) -> Result<(), Refused> {
+    /// Whether this session may send `message`: `op` and `presence` need
+    /// `write`; a `read` session gets `forbidden` (with the op's `seq`) and
+    /// stays open.
+    pub fn permits(&self, message: &ClientMessage) -> Result<(), FrameError> {
+        let (what, seq) = match message {
+            ClientMessage::Op { seq, .. } => ("ops", Some(*seq)),
+            ClientMessage::Presence { .. } => ("presence", None),
+            ClientMessage::Auth { .. } => return Ok(()),
+        };
         if self.role >= Role::Write {
             return Ok(());
         }
-        Err(Refused {
+        Err(FrameError {
             code: ErrorCode::Forbidden,
             message: format!(
                 "sending {what} needs the write role; this session has {}",
                 self.role
             ),
-            close: false,
+            seq,
         })
     }
 
@@ -179,11 +185,23 @@ mod tests {
     fn roles_gate_frames_and_refresh_changes_them_at_once() {
         let a = auth();
         let mut s = session(&a, &token("u", &[("notes", "write")], None)).unwrap();
-        assert!(s.check_write("ops").is_ok());
+        let op = ClientMessage::Op {
+            rev: 0,
+            seq: 7,
+            op: collab_ot::Operation::insert(0, "x"),
+        };
+        let presence = ClientMessage::Presence {
+            selection: None,
+            user: None,
+        };
+        let auth = ClientMessage::Auth { token: "t".into() };
+        assert!(s.permits(&op).is_ok() && s.permits(&presence).is_ok());
         let (role, _) = s.refresh(&a, &token("u", &[("*", "read")], None)).unwrap();
         assert_eq!(role, Role::Read);
-        let refused = s.check_write("ops").unwrap_err();
-        assert_eq!((refused.code, refused.close), (ErrorCode::Forbidden, false));
+        let refused = s.permits(&op).unwrap_err();
+        assert_eq!((refused.code, refused.seq), (ErrorCode::Forbidden, Some(7)));
+        assert_eq!(s.permits(&presence).unwrap_err().seq, None);
+        assert!(s.permits(&auth).is_ok(), "a reader may still refresh");
         s.refresh(&a, &token("u", &[("notes", "admin")], None))
             .unwrap();
         assert_eq!(s.role(), Role::Admin);

@@ -268,16 +268,12 @@ impl Connection {
                         }
                         continue;
                     }
-                    let sent = match parse_client_message(&text) {
+                    // A frame the session's role does not allow is refused
+                    // like a malformed one: answered, nothing else happens.
+                    let parsed = parse_client_message(&text)
+                        .and_then(|message| session.permits(&message).map(|()| message));
+                    let sent = match parsed {
                         Err(refused) => self.send(refused.to_message().to_json().into()).await,
-                        Ok(ClientMessage::Op { seq, .. }) if session.check_write("ops").is_err() => {
-                            let r = session.check_write("ops").unwrap_err();
-                            self.send(error(r.code, &r.message, Some(seq))).await
-                        }
-                        Ok(ClientMessage::Presence { .. }) if session.check_write("presence").is_err() => {
-                            let r = session.check_write("presence").unwrap_err();
-                            self.send(error(r.code, &r.message, None)).await
-                        }
                         Ok(ClientMessage::Auth { token }) => {
                             if !refreshes.try_take(1.0, Instant::now()) {
                                 let message = "too many auth frames; slow down";
