@@ -87,6 +87,14 @@ async fn call(
     (status, body)
 }
 
+async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    call(app, Method::GET, path, Some(token), None).await
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> (u16, Value) {
+    call(app, Method::POST, path, Some(token), Some(body)).await
+}
+
 async fn create(app: &TestApp, token: &str, id: &str, content: &str) {
     let body = json!({"id": id, "title": id, "content": content});
     let (status, body) = call(app, Method::POST, "/api/documents", Some(token), Some(body)).await;
@@ -306,51 +314,28 @@ async fn rest_matrix(db: &TestDb) {
         }
     }
     // A missing document and an ungranted one look the same to a reader.
-    let (_, a) = call(
-        &app,
-        Method::GET,
-        "/api/documents/missing",
-        Some(&read_all_write_one),
-        None,
-    )
-    .await;
-    let (_, b) = call(
-        &app,
-        Method::GET,
-        "/api/documents/nope",
-        Some(&read_all_write_one),
-        None,
-    )
-    .await;
+    let (_, a) = get(&app, "/api/documents/missing", &read_all_write_one).await;
+    let (_, b) = get(&app, "/api/documents/nope", &read_all_write_one).await;
     assert_eq!(a["error"]["code"], b["error"]["code"]);
 
     // Creating: admin on the id, or on * without one.
-    let (s, b) = call(
+    let (s, b) = post(
         &app,
-        Method::POST,
         "/api/documents",
-        Some(&admin_prefix),
-        Some(json!({"id": "team-a-new", "title": "t"})),
+        &admin_prefix,
+        json!({"id": "team-a-new", "title": "t"}),
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = call(
+    let (s, b) = post(
         &app,
-        Method::POST,
         "/api/documents",
-        Some(&admin_prefix),
-        Some(json!({"id": "team-a-new", "title": "t"})),
+        &admin_prefix,
+        json!({"id": "team-a-new", "title": "t"}),
     )
     .await;
     assert_error(s, &b, 409, "conflict");
-    let (s, b) = call(
-        &app,
-        Method::POST,
-        "/api/documents",
-        Some(&admin()),
-        Some(json!({"title": "t"})),
-    )
-    .await;
+    let (s, b) = post(&app, "/api/documents", &admin(), json!({"title": "t"})).await;
     assert_eq!(s, 201, "{b}");
 
     // Deleting: admin only.
@@ -461,32 +446,24 @@ async fn revocations_survive_a_restart(db: &TestDb) {
     let victim = claims("eve", &[("*", "read")]);
     let t = sign(&victim);
     let other = token("bob", &[("*", "read")]);
-    let (s, _) = call(
+    let (s, _) = post(
         &app,
-        Method::POST,
         "/api/auth/revocations",
-        Some(&admin()),
-        Some(json!({"jti": victim.jti.clone().unwrap()})),
+        &admin(),
+        json!({"jti": victim.jti.clone().unwrap()}),
     )
     .await;
     assert_eq!(s, 204);
     app.stop().await;
 
     let app = spawn_token_app(db).await;
-    let (s, b) = call(&app, Method::GET, "/api/documents/notes", Some(&t), None).await;
+    let (s, b) = get(&app, "/api/documents/notes", &t).await;
     assert_error(s, &b, 401, "unauthorized");
     assert!(
         b["error"]["message"].as_str().unwrap().contains("revoked"),
         "{b}"
     );
-    let (s, _) = call(
-        &app,
-        Method::GET,
-        "/api/documents/notes",
-        Some(&other),
-        None,
-    )
-    .await;
+    let (s, _) = get(&app, "/api/documents/notes", &other).await;
     assert_eq!(s, 200, "only that token is revoked");
     app.stop().await;
 }
@@ -500,12 +477,11 @@ async fn authorship_is_recorded(db: &TestDb) {
     send_op(&mut ws, 0, 1, json!(["a"])).await;
     assert_eq!(next_json(&mut ws).await["type"], "ack");
     let bob = token("bob", &[("notes", "write")]);
-    let (s, _) = call(
+    let (s, _) = post(
         &app,
-        Method::POST,
         "/api/documents/notes/ops",
-        Some(&bob),
-        Some(json!({"rev": 1, "op": [1, "b"]})),
+        &bob,
+        json!({"rev": 1, "op": [1, "b"]}),
     )
     .await;
     assert_eq!(s, 200);
@@ -515,14 +491,7 @@ async fn authorship_is_recorded(db: &TestDb) {
         (Some("op"), Some("bob")),
         "{op}"
     );
-    let (_, ops) = call(
-        &app,
-        Method::GET,
-        "/api/documents/notes/ops",
-        Some(&ann),
-        None,
-    )
-    .await;
+    let (_, ops) = get(&app, "/api/documents/notes/ops", &ann).await;
     let authors: Vec<&str> = ops["ops"]
         .as_array()
         .unwrap()
@@ -774,12 +743,11 @@ async fn revocation_closes_live_sessions_within_a_second() {
     let (mut eve, _) = join(&app, "notes", &token("eve", &[("notes", "write")]), "e").await;
     let (mut bob, _) = join(&app, "notes", &token("bob", &[("notes", "write")]), "b").await;
     let started = Instant::now();
-    let (s, _) = call(
+    let (s, _) = post(
         &app,
-        Method::POST,
         "/api/auth/revocations",
-        Some(&admin()),
-        Some(json!({"sub": "eve"})),
+        &admin(),
+        json!({"sub": "eve"}),
     )
     .await;
     assert_eq!(s, 204);
@@ -830,12 +798,11 @@ async fn share_links() {
     let app = spawn_token_app(&db).await;
     create(&app, &admin(), "notes", "hi").await;
     let owner = token("owner", &[("notes", "admin")]);
-    let (s, link) = call(
+    let (s, link) = post(
         &app,
-        Method::POST,
         "/api/documents/notes/links",
-        Some(&owner),
-        Some(json!({"role": "read", "ttl_secs": 3600})),
+        &owner,
+        json!({"role": "read", "ttl_secs": 3600}),
     )
     .await;
     assert_eq!(s, 201, "{link}");
@@ -850,14 +817,13 @@ async fn share_links() {
     assert_eq!(seen["docs"], json!({"notes": "read"}));
 
     // The link reads, and only this document; it cannot write.
-    let (s, _) = call(&app, Method::GET, "/api/documents/notes", Some(t), None).await;
+    let (s, _) = get(&app, "/api/documents/notes", t).await;
     assert_eq!(s, 200);
-    let (s, _) = call(
+    let (s, _) = post(
         &app,
-        Method::POST,
         "/api/documents/notes/ops",
-        Some(t),
-        Some(json!({"rev": 0, "op": ["x"]})),
+        t,
+        json!({"rev": 0, "op": ["x"]}),
     )
     .await;
     assert_eq!(s, 403);
@@ -865,25 +831,11 @@ async fn share_links() {
     assert_eq!(welcome["role"], "read");
 
     // Revoking the link by its jti closes it and leaves its creator alone.
-    let (s, _) = call(
-        &app,
-        Method::POST,
-        "/api/auth/revocations",
-        Some(&admin()),
-        Some(json!({"jti": jti})),
-    )
-    .await;
+    let (s, _) = post(&app, "/api/auth/revocations", &admin(), json!({"jti": jti})).await;
     assert_eq!(s, 204);
     let (frames, _) = read_until_closed(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(frames.last().unwrap()["message"], "token revoked");
-    let (s, _) = call(
-        &app,
-        Method::GET,
-        "/api/documents/notes",
-        Some(&owner),
-        None,
-    )
-    .await;
+    let (s, _) = get(&app, "/api/documents/notes", &owner).await;
     assert_eq!(s, 200);
 
     // Bad requests, and who may share.
@@ -893,14 +845,7 @@ async fn share_links() {
         json!({"role": "read", "ttl_secs": 0}),
         json!({"role": "read", "ttl_secs": 400 * 24 * 3600}),
     ] {
-        let (s, b) = call(
-            &app,
-            Method::POST,
-            "/api/documents/notes/links",
-            Some(&owner),
-            Some(body.clone()),
-        )
-        .await;
+        let (s, b) = post(&app, "/api/documents/notes/links", &owner, body.clone()).await;
         assert_error(s, &b, 400, "bad_request");
     }
     let (s, b) = call(
@@ -912,12 +857,11 @@ async fn share_links() {
     )
     .await;
     assert_error(s, &b, 403, "forbidden");
-    let (s, b) = call(
+    let (s, b) = post(
         &app,
-        Method::POST,
         "/api/documents/gone/links",
-        Some(&admin()),
-        Some(json!({"role": "read"})),
+        &admin(),
+        json!({"role": "read"}),
     )
     .await;
     assert_error(s, &b, 404, "not_found");
@@ -930,14 +874,7 @@ async fn open_mode_is_unchanged_and_names_nobody() {
     let app = spawn_app_with(test_config(&db)).await;
     app.create("notes", "n", "").await;
     // Any token, even garbage, is ignored.
-    let (s, _) = call(
-        &app,
-        Method::GET,
-        "/api/documents/notes",
-        Some("garbage"),
-        None,
-    )
-    .await;
+    let (s, _) = get(&app, "/api/documents/notes", "garbage").await;
     assert_eq!(s, 200);
     let res = app
         .http
