@@ -2,34 +2,61 @@
 //! client state machine, turns frames into events, and reconnects.
 //!
 //! Everything that changes the local replica happens on this one task, so the
-//! state machine needs no lock; the session talks to it over channels.
+//! state machine needs no lock; the session talks to it over channels. The
+//! task also keeps the session's access: the newest token, the role and
+//! expiry the server reported, and when to ask the refresher next.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use collab_ot::protocol::{ClientMessage, ErrorCode, ServerMessage, User};
-use collab_ot::{
-    transform_position, Client, ClientError, Committed, Operation, OutgoingOp, Resumed, Rope,
-};
+use collab_ot::protocol::{ClientMessage, ErrorCode, Role, ServerMessage, User};
+use collab_ot::{transform_position, Client, Committed, Operation, OutgoingOp, Resumed, Rope};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{Command, EditFn, Error, Event, Options, Status};
+use crate::{Command, EditFn, EndReason, Error, Event, Options, Status};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Refresh no later than this before `exp`…
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// …and not before this fraction of the remaining lifetime has passed.
+const REFRESH_FRACTION: f64 = 0.75;
+/// A failed refresh is tried again after at most this long…
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+/// …and at least this long.
+const REFRESH_RETRY_MIN: Duration = Duration::from_secs(1);
+/// A token with less than this left is renewed before reconnecting.
+const STALE_MARGIN: Duration = Duration::from_secs(5);
+/// An `auth` frame the server found too soon after another is sent again
+/// this much later (the server takes two a second).
+const AUTH_RESEND: Duration = Duration::from_secs(1);
 
 /// What ended a connection.
 enum Ended {
     /// Reconnect, resuming from the last revision seen.
     Dropped,
-    /// Our edit was refused: drop local edits and reload the content.
+    /// Our edit was refused (or would be): drop local edits and reload the
+    /// content.
     Reload,
     /// The document is gone or access refused: stop.
-    Closed(ErrorCode),
+    Closed(ErrorCode, String),
     /// The session was dropped by its owner.
     Finished,
+}
+
+/// What [`start`] hands to the [`crate::Session`].
+pub(crate) struct Started {
+    pub commands: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<Event>,
+    pub status: watch::Receiver<Status>,
+    pub client_id: String,
+    pub ended: EndReason,
 }
 
 struct Task {
@@ -44,29 +71,61 @@ struct Task {
     /// reconnect can share it again (the server forgot it with the old
     /// connection).
     selection: Option<[usize; 2]>,
+    /// The token for the next connection and `auth` frame: the newest one.
+    token: Option<String>,
+    /// The connection's role and the token's expiry, as the server said.
+    role: Option<Role>,
+    exp: Option<u64>,
+    /// A token the server has not confirmed yet (refreshed or set since the
+    /// last `welcome` or `auth` answer): `exp` is the old token's.
+    renewed: bool,
+    /// An `auth` frame on this connection awaits its answer.
+    auth_sent: bool,
+    /// When to send the token again after a rate-limited `auth` frame.
+    auth_resend_at: Option<Instant>,
+    /// When to ask the refresher next.
+    refresh_at: Option<Instant>,
+    /// The refresher, running.
+    refresh_job: Option<JoinHandle<Result<String, String>>>,
+    ended: EndReason,
 }
 
 pub(crate) async fn start(
     base_url: &str,
     doc_id: &str,
     options: Options,
-) -> Result<
-    (
-        mpsc::Sender<Command>,
-        mpsc::Receiver<Event>,
-        watch::Receiver<Status>,
-        String,
-    ),
-    Error,
-> {
+) -> Result<Started, Error> {
     let base = ws_base(base_url)?;
-    let url = ws_url(&base, doc_id, options.client_id.as_deref(), None);
-    let (mut socket, welcome) = open(&url).await?;
+    let mut token = options.token.clone();
+    if let (None, Some(refresher)) = (&token, &options.refresh_token) {
+        match refresher.fetch().await {
+            Ok(t) if !t.is_empty() => token = Some(t),
+            Ok(_) => {
+                return Err(Error::Connect(
+                    "the token refresher returned no token".into(),
+                ))
+            }
+            Err(e) => return Err(Error::Connect(format!("could not get a token: {e}"))),
+        }
+    }
+    let url = ws_url(
+        &base,
+        doc_id,
+        options.client_id.as_deref(),
+        None,
+        token.as_deref(),
+    );
+    let (mut socket, welcome) = open(&url).await.map_err(|e| match e {
+        Error::Refused { code, message } => Error::ending(code, message),
+        e => e,
+    })?;
     let ServerMessage::Welcome {
         client_id,
         rev,
         content,
         peers,
+        role,
+        exp,
         ..
     } = welcome
     else {
@@ -74,7 +133,7 @@ pub(crate) async fn start(
     };
     let content = content.unwrap_or_default();
     let client = Client::new(client_id.clone(), Rope::from_str(&content), rev);
-    if let Some(user) = &options.user {
+    if let (Some(user), false) = (&options.user, role == Some(Role::Read)) {
         send(&mut socket, &presence(None, Some(user))).await.ok();
     }
     let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(1));
@@ -84,9 +143,12 @@ pub(crate) async fn start(
         pending: false,
         connected: true,
         closed: false,
+        role,
+        exp,
     });
     let _ = events_tx.try_send(Event::Welcome { rev, peers });
-    let task = Task {
+    let ended = EndReason::default();
+    let mut task = Task {
         base,
         doc_id: doc_id.to_owned(),
         options,
@@ -95,9 +157,25 @@ pub(crate) async fn start(
         status: status_tx,
         connected: true,
         selection: None,
+        token,
+        role,
+        exp,
+        renewed: false,
+        auth_sent: false,
+        auth_resend_at: None,
+        refresh_at: None,
+        refresh_job: None,
+        ended: ended.clone(),
     };
+    task.schedule_refresh();
     tokio::spawn(task.run(socket, commands_rx));
-    Ok((commands_tx, events_rx, status_rx, client_id))
+    Ok(Started {
+        commands: commands_tx,
+        events: events_rx,
+        status: status_rx,
+        client_id,
+        ended,
+    })
 }
 
 impl Task {
@@ -120,13 +198,14 @@ impl Task {
             match ended {
                 Ended::Dropped => {}
                 Ended::Reload => reload = true,
-                Ended::Closed(code) => {
-                    self.set_connected(false);
-                    self.status.send_modify(|s| s.closed = true);
-                    let _ = self.events.send(Event::Closed { code }).await;
+                Ended::Closed(code, message) => {
+                    self.finish(code, message).await;
                     return;
                 }
-                Ended::Finished => return,
+                Ended::Finished => {
+                    self.stop_refreshing();
+                    return;
+                }
             }
             if self.connected {
                 self.set_connected(false);
@@ -135,21 +214,35 @@ impl Task {
         }
     }
 
+    /// Ends the session for good: why, then the status, then the last event.
+    async fn finish(&mut self, code: ErrorCode, message: String) {
+        self.stop_refreshing();
+        *self.ended.lock().expect("end reason lock") = Some(Error::ending(code, message));
+        self.set_connected(false);
+        self.status.send_modify(|s| s.closed = true);
+        let _ = self.events.send(Event::Closed { code }).await;
+    }
+
     /// Runs one connection until it ends.
     async fn serve(&mut self, mut socket: Socket, commands: &mut mpsc::Receiver<Command>) -> Ended {
+        // A new connection starts with the newest token.
+        self.auth_sent = false;
+        self.auth_resend_at = None;
         if let Some(out) = self.client.resend() {
             if send(&mut socket, &op_frame(&out)).await.is_err() {
                 return Ended::Dropped;
             }
         }
         loop {
-            tokio::select! {
+            let refresh_due = self.refresh_at.filter(|_| self.refresh_job.is_none());
+            let resend_due = self.auth_resend_at;
+            let frame = tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else {
                         let _ = socket.close(None).await;
                         return Ended::Finished;
                     };
-                    let frame = match command {
+                    match command {
                         Command::Edit(build, reply) => {
                             let sent = self.local_edit(build);
                             let _ = reply.send(sent.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -163,18 +256,18 @@ impl Task {
                         }
                         Command::Presence(selection) => {
                             self.selection = selection;
-                            Some(presence(selection, self.options.user.as_ref()))
+                            (!self.read_only())
+                                .then(|| presence(selection, self.options.user.as_ref()))
                         }
                         Command::Content(reply) => {
                             let _ = reply.send(self.client.content().to_string());
                             None
                         }
-                        Command::Drop => return Ended::Dropped,
-                    };
-                    if let Some(frame) = frame {
-                        if send(&mut socket, &frame).await.is_err() {
-                            return Ended::Dropped;
+                        Command::Token(token) => {
+                            self.take_token(token.clone());
+                            Some(self.send_auth(token))
                         }
+                        Command::Drop => return Ended::Dropped,
                     }
                 }
                 frame = socket.next() => {
@@ -188,21 +281,34 @@ impl Task {
                         continue;
                     };
                     match self.receive(message).await {
-                        Ok(Some(out)) => {
-                            if send(&mut socket, &op_frame(&out)).await.is_err() {
-                                return Ended::Dropped;
-                            }
-                        }
-                        Ok(None) => {}
+                        Ok(frame) => frame,
                         Err(ended) => return ended,
                     }
+                }
+                () = sleep_until(resend_due), if resend_due.is_some() => {
+                    self.auth_resend_at = None;
+                    self.token.clone().map(|token| self.send_auth(token))
+                }
+                () = sleep_until(refresh_due), if refresh_due.is_some() => {
+                    self.refresh_at = None;
+                    self.start_refreshing();
+                    None
+                }
+                result = refresh_result(&mut self.refresh_job), if self.refresh_job.is_some() => {
+                    let token = self.refreshed(result).await;
+                    token.map(|token| self.send_auth(token))
+                }
+            };
+            if let Some(frame) = frame {
+                if send(&mut socket, &frame).await.is_err() {
+                    return Ended::Dropped;
                 }
             }
         }
     }
 
-    /// Applies one server message; returns an op to send next, if any.
-    async fn receive(&mut self, message: ServerMessage) -> Result<Option<OutgoingOp>, Ended> {
+    /// Applies one server message; returns a frame to send next, if any.
+    async fn receive(&mut self, message: ServerMessage) -> Result<Option<String>, Ended> {
         let event = match message {
             ServerMessage::Ack { seq, rev } => {
                 let next = self.client.ack(seq, rev).map_err(|e| {
@@ -218,14 +324,14 @@ impl Task {
                     })
                     .await;
                 }
-                return Ok(next);
+                return Ok(next.as_ref().map(op_frame));
             }
             ServerMessage::Op {
                 rev,
                 op,
                 client_id,
                 seq,
-                ..
+                author,
             } => {
                 let op = self.client.remote(rev, op).map_err(|e| {
                     tracing::warn!(error = %e, "out of step with the server; resuming");
@@ -238,6 +344,7 @@ impl Task {
                     op,
                     client_id,
                     seq,
+                    author,
                 }
             }
             ServerMessage::Presence {
@@ -252,26 +359,85 @@ impl Task {
             },
             ServerMessage::Leave { client_id } => Event::Leave { client_id },
             ServerMessage::Error { code, message, seq } => {
-                let ours = seq.is_some() && seq == self.client.resend().map(|o| o.seq);
-                self.emit(Event::Error { code, message, seq }).await;
-                if !code.is_recoverable() {
-                    return Err(Ended::Closed(code));
-                }
-                if ours && matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
-                    // Not applied: try again a little later on a fresh connection.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return Err(Ended::Dropped);
-                }
-                if ours {
-                    return Err(Ended::Reload);
-                }
-                return Ok(None);
+                return self.refused(code, message, seq).await
             }
             ServerMessage::Welcome { .. } => return Err(Ended::Dropped),
-            ServerMessage::Auth { .. } => return Ok(None),
+            ServerMessage::Auth { role, exp } => return self.auth_answer(role, exp).await,
         };
         self.emit(event).await;
         Ok(None)
+    }
+
+    /// The server refused something.
+    async fn refused(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        seq: Option<u64>,
+    ) -> Result<Option<String>, Ended> {
+        let ours = seq.is_some() && seq == self.client.resend().map(|o| o.seq);
+        self.emit(Event::Error {
+            code,
+            message: message.clone(),
+            seq,
+        })
+        .await;
+        if code == ErrorCode::Forbidden {
+            if seq.is_none() && self.auth_sent {
+                // The answer to our refresh (an `auth` answer would have
+                // come before any refusal of a later frame): the new token
+                // does not grant this document. The server closes.
+                return Err(Ended::Closed(code, message));
+            }
+            // An op or a presence refused for the role: read only now.
+            self.set_auth(Some(Role::Read), self.exp).await;
+            if ours {
+                // The refused edit, and any composed after it, must go: the
+                // reload drops them and takes the server's content again
+                // (until then they are still pending, so nobody mistakes
+                // the local content for the server's).
+                return Err(Ended::Reload);
+            }
+            return Ok(None);
+        }
+        if seq.is_none() && self.auth_sent && code == ErrorCode::RateLimited {
+            // Our `auth` frame came too soon after another: the token is
+            // not in force yet; send it again shortly.
+            self.auth_sent = false;
+            self.auth_resend_at = Some(Instant::now() + AUTH_RESEND);
+            return Ok(None);
+        }
+        if !code.is_recoverable() {
+            return Err(Ended::Closed(code, message));
+        }
+        if ours && matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
+            // Not applied: try again a little later on a fresh connection.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(Ended::Dropped);
+        }
+        if ours {
+            return Err(Ended::Reload);
+        }
+        Ok(None)
+    }
+
+    /// The server's answer to our `auth` frame: the new token is in force.
+    async fn auth_answer(&mut self, role: Role, exp: u64) -> Result<Option<String>, Ended> {
+        self.auth_sent = false;
+        self.renewed = false;
+        let was = self.role;
+        self.set_auth(Some(role), Some(exp)).await;
+        self.schedule_refresh();
+        if role == Role::Read {
+            if self.client.has_pending() {
+                self.drop_unsynced().await;
+                return Err(Ended::Reload);
+            }
+            return Ok(None);
+        }
+        let share = self.selection.is_some() || self.options.user.is_some();
+        Ok((was == Some(Role::Read) && share)
+            .then(|| presence(self.selection, self.options.user.as_ref())))
     }
 
     /// Connects again, retrying with backoff while still taking local edits.
@@ -287,36 +453,68 @@ impl Task {
             loop {
                 tokio::select! {
                     _ = &mut pause => break,
-                    command = commands.recv() => match command {
-                        None => return Err(Ended::Finished),
-                        Some(Command::Edit(build, reply)) => {
-                            // Kept as pending; sent once reconnected.
-                            let _ = reply.send(self.local_edit(build).map(|_| ()));
-                        }
-                        Some(Command::Content(reply)) => {
-                            let _ = reply.send(self.client.content().to_string());
-                        }
-                        Some(Command::Presence(_)) | Some(Command::Drop) => {}
-                    }
+                    command = commands.recv() => self.offline(command)?,
                 }
             }
             *delay = (*delay * 2).min(self.options.max_reconnect_delay);
+            if self.token_stale() {
+                self.refresh_offline(commands).await?;
+            }
             let since = (!reload).then(|| self.client.rev());
             let url = ws_url(
                 &self.base,
                 &self.doc_id,
                 Some(self.client.client_id()),
                 since,
+                self.token.as_deref(),
             );
             match open(&url).await {
                 Ok((socket, welcome)) => {
                     *delay = self.options.reconnect_delay;
                     return self.resume(socket, welcome, reload).await;
                 }
-                Err(Error::Refused { code, .. }) if !code.is_recoverable() => {
-                    return Err(Ended::Closed(code));
+                Err(Error::Refused { code, message }) if final_at_connect(code) => {
+                    return Err(Ended::Closed(code, message));
                 }
                 Err(e) => tracing::debug!(error = %e, "reconnect failed; retrying"),
+            }
+        }
+    }
+
+    /// A command while disconnected.
+    fn offline(&mut self, command: Option<Command>) -> Result<(), Ended> {
+        match command {
+            None => return Err(Ended::Finished),
+            Some(Command::Edit(build, reply)) => {
+                // Kept as pending; sent once reconnected.
+                let _ = reply.send(self.local_edit(build).map(|_| ()));
+            }
+            Some(Command::Content(reply)) => {
+                let _ = reply.send(self.client.content().to_string());
+            }
+            // For the next connection.
+            Some(Command::Token(token)) => self.take_token(token),
+            Some(Command::Presence(_)) | Some(Command::Drop) => {}
+        }
+        Ok(())
+    }
+
+    /// Renews a token about to run out before connecting with it; on
+    /// failure the old one is tried (the server decides).
+    async fn refresh_offline(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), Ended> {
+        if self.refresh_job.is_none() {
+            self.start_refreshing();
+        }
+        loop {
+            tokio::select! {
+                result = refresh_result(&mut self.refresh_job) => {
+                    self.refreshed(result).await;
+                    return Ok(());
+                }
+                command = commands.recv() => self.offline(command)?,
             }
         }
     }
@@ -333,6 +531,8 @@ impl Task {
             content,
             ops,
             peers,
+            role,
+            exp,
             ..
         } = welcome
         else {
@@ -341,7 +541,13 @@ impl Task {
         if reload {
             self.client.discard_pending();
         }
+        // This connection was opened with the newest token.
+        self.renewed = false;
+        self.set_auth(role, exp).await;
+        self.schedule_refresh();
         if let Some(ops) = ops {
+            let authors: HashMap<u64, Option<String>> =
+                ops.iter().map(|r| (r.rev, r.author.clone())).collect();
             let committed: Vec<Committed> = ops
                 .into_iter()
                 .map(|r| Committed {
@@ -372,9 +578,15 @@ impl Task {
                         op,
                         client_id,
                         seq,
+                        author: authors.get(&rev).cloned().flatten(),
                     },
                 })
                 .await;
+            }
+            if self.read_only() && self.client.has_pending() {
+                // The server would refuse what is left: take its content.
+                self.drop_unsynced().await;
+                return Err(Ended::Reload);
             }
         } else {
             if self.client.has_pending() {
@@ -398,7 +610,7 @@ impl Task {
             self.selection = self.selection.map(|[a, h]| [a.min(len), h.min(len)]);
             self.emit(Event::Reset { rev }).await;
         }
-        if self.selection.is_some() || self.options.user.is_some() {
+        if !self.read_only() && (self.selection.is_some() || self.options.user.is_some()) {
             let frame = presence(self.selection, self.options.user.as_ref());
             if send(&mut socket, &frame).await.is_err() {
                 return Err(Ended::Dropped);
@@ -409,8 +621,12 @@ impl Task {
         Ok(socket)
     }
 
-    /// Applies a local edit built from the current content.
-    fn local_edit(&mut self, build: EditFn) -> Result<Option<OutgoingOp>, ClientError> {
+    /// Applies a local edit built from the current content; refused while
+    /// the role is `read`.
+    fn local_edit(&mut self, build: EditFn) -> Result<Option<OutgoingOp>, Error> {
+        if self.read_only() {
+            return Err(Error::ReadOnly);
+        }
         let Some(op) = build(self.client.content()) else {
             return Ok(None);
         };
@@ -420,7 +636,97 @@ impl Task {
             self.selection = moved;
         }
         self.publish();
-        sent
+        Ok(sent?)
+    }
+
+    /// The role dropped to `read` with local edits unsynced: the server
+    /// would refuse them, so they go. Says so; the caller reloads, which
+    /// drops them and takes the server's content.
+    async fn drop_unsynced(&mut self) {
+        self.emit(Event::Error {
+            code: ErrorCode::Forbidden,
+            message: "this session is read only now: unsynced local edits were dropped".into(),
+            seq: None,
+        })
+        .await;
+    }
+
+    fn read_only(&self) -> bool {
+        self.role == Some(Role::Read)
+    }
+
+    /// Records the role and expiry the server reported; says so if either
+    /// changed.
+    async fn set_auth(&mut self, role: Option<Role>, exp: Option<u64>) {
+        if (role, exp) == (self.role, self.exp) {
+            return;
+        }
+        self.role = role;
+        self.exp = exp;
+        self.publish();
+        self.emit(Event::Auth { role, exp }).await;
+    }
+
+    /// The `auth` frame for `token`, about to go out on this connection
+    /// (it replaces any still to be resent).
+    fn send_auth(&mut self, token: String) -> String {
+        self.auth_sent = true;
+        self.auth_resend_at = None;
+        auth_frame(token)
+    }
+
+    /// Uses `token` from now on.
+    fn take_token(&mut self, token: String) {
+        self.token = Some(token);
+        self.renewed = true;
+    }
+
+    /// Times the next refresh from the current token's expiry.
+    fn schedule_refresh(&mut self) {
+        self.refresh_at = match (&self.options.refresh_token, self.exp) {
+            (Some(_), Some(exp)) => Some(Instant::now() + refresh_delay(exp, unix_now())),
+            _ => None,
+        };
+    }
+
+    /// Whether the token runs out too soon to connect with.
+    fn token_stale(&self) -> bool {
+        self.options.refresh_token.is_some()
+            && !self.renewed
+            && self
+                .exp
+                .is_some_and(|exp| Duration::from_secs(exp) < unix_now() + STALE_MARGIN)
+    }
+
+    /// Runs the refresher on its own task, so a slow one holds up nothing.
+    fn start_refreshing(&mut self) {
+        if let Some(refresher) = &self.options.refresh_token {
+            self.refresh_job = Some(tokio::spawn(refresher.fetch()));
+        }
+    }
+
+    fn stop_refreshing(&mut self) {
+        if let Some(job) = self.refresh_job.take() {
+            job.abort();
+        }
+        self.refresh_at = None;
+    }
+
+    /// Takes what the refresher returned: the new token, or (reported)
+    /// nothing, with another try scheduled.
+    async fn refreshed(&mut self, result: Result<String, String>) -> Option<String> {
+        let message = match result {
+            Ok(token) if !token.is_empty() => {
+                self.take_token(token.clone());
+                return Some(token);
+            }
+            Ok(_) => "the token refresher returned an empty token".to_owned(),
+            Err(message) => message,
+        };
+        tracing::debug!(error = %message, "token refresh failed; retrying");
+        self.refresh_at = Some(Instant::now() + retry_delay(self.exp, unix_now()));
+        self.emit(Event::TokenRefreshFailed { message }).await;
+        None
     }
 
     /// Keeps our selection next to the same characters as `op` changes the
@@ -445,6 +751,8 @@ impl Task {
             pending: self.client.has_pending(),
             connected: self.connected,
             closed: false,
+            role: self.role,
+            exp: self.exp,
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;
@@ -452,6 +760,63 @@ impl Task {
             changed
         });
     }
+}
+
+/// Refusals at connect time that end the session: the document is gone, or
+/// the token is bad or does not grant it (retrying cannot help).
+fn final_at_connect(code: ErrorCode) -> bool {
+    !code.is_recoverable() || code == ErrorCode::Forbidden
+}
+
+/// How long until the refresh of a token expiring at Unix second `exp`,
+/// `now` being the time since the epoch: at the later of `REFRESH_MARGIN`
+/// before `exp` and `REFRESH_FRACTION` of the remaining lifetime; at once
+/// for a token already expired.
+fn refresh_delay(exp: u64, now: Duration) -> Duration {
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    left.saturating_sub(REFRESH_MARGIN)
+        .max(left.mul_f64(REFRESH_FRACTION))
+}
+
+/// How long until a failed refresh is tried again: a quarter of what is
+/// left of the token, between `REFRESH_RETRY_MIN` and `REFRESH_RETRY`;
+/// `REFRESH_RETRY` once it has expired (the server's leeway may still keep
+/// the session, but there is no hurry worth a request a second).
+fn retry_delay(exp: Option<u64>, now: Duration) -> Duration {
+    let left = exp.map_or(Duration::MAX, |exp| {
+        Duration::from_secs(exp).saturating_sub(now)
+    });
+    if left.is_zero() {
+        return REFRESH_RETRY;
+    }
+    (left / 4).clamp(REFRESH_RETRY_MIN, REFRESH_RETRY)
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the running refresher returned (a panic counts as a failure).
+async fn refresh_result(
+    job: &mut Option<JoinHandle<Result<String, String>>>,
+) -> Result<String, String> {
+    let Some(handle) = job.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = handle
+        .await
+        .unwrap_or_else(|e| Err(format!("the token refresher failed: {e}")));
+    *job = None;
+    result
 }
 
 /// Opens a socket and reads its welcome (or the error that refused it).
@@ -493,6 +858,10 @@ fn op_frame(out: &OutgoingOp) -> String {
     .to_json()
 }
 
+fn auth_frame(token: String) -> String {
+    ClientMessage::Auth { token }.to_json()
+}
+
 fn move_selection([anchor, head]: [usize; 2], op: &Operation) -> [usize; 2] {
     [transform_position(anchor, op), transform_position(head, op)]
 }
@@ -523,17 +892,42 @@ fn ws_base(base_url: &str) -> Result<String, Error> {
     )))
 }
 
-fn ws_url(base: &str, doc_id: &str, client_id: Option<&str>, since: Option<u64>) -> String {
+fn ws_url(
+    base: &str,
+    doc_id: &str,
+    client_id: Option<&str>,
+    since: Option<u64>,
+    token: Option<&str>,
+) -> String {
     let mut url = format!("{base}/ws/documents/{doc_id}");
-    let mut sep = '?';
+    let mut params = Vec::new();
     if let Some(id) = client_id {
-        url.push_str(&format!("{sep}client_id={id}"));
-        sep = '&';
+        params.push(format!("client_id={}", url_encode(id)));
     }
     if let Some(since) = since {
-        url.push_str(&format!("{sep}since={since}"));
+        params.push(format!("since={since}"));
+    }
+    if let Some(token) = token {
+        params.push(format!("token={}", url_encode(token)));
+    }
+    if !params.is_empty() {
+        url.push('?');
+        url.push_str(&params.join("&"));
     }
     url
+}
+
+/// Percent-encodes everything but the URL's unreserved characters.
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -545,10 +939,69 @@ mod tests {
         assert_eq!(ws_base("http://h:1/").unwrap(), "ws://h:1");
         assert_eq!(ws_base("wss://h").unwrap(), "wss://h");
         assert!(ws_base("ftp://h").is_err());
-        assert_eq!(ws_url("ws://h", "d", None, None), "ws://h/ws/documents/d");
         assert_eq!(
-            ws_url("ws://h", "d", Some("c"), Some(4)),
+            ws_url("ws://h", "d", None, None, None),
+            "ws://h/ws/documents/d"
+        );
+        assert_eq!(
+            ws_url("ws://h", "d", Some("c"), Some(4), None),
             "ws://h/ws/documents/d?client_id=c&since=4"
         );
+        assert_eq!(
+            ws_url("ws://h", "d", None, None, Some("a.b_c-d")),
+            "ws://h/ws/documents/d?token=a.b_c-d"
+        );
+        assert_eq!(
+            ws_url("ws://h", "d", Some("c"), None, Some("x+y/z=&w ")),
+            "ws://h/ws/documents/d?client_id=c&token=x%2By%2Fz%3D%26w%20"
+        );
+        assert_eq!(url_encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn refreshes_at_the_later_of_a_minute_before_and_three_quarters() {
+        let now = Duration::from_secs(1_000_000);
+        let exp = |secs: u64| 1_000_000 + secs;
+        // An hour: a minute before it ends.
+        assert_eq!(refresh_delay(exp(3600), now), Duration::from_secs(3540));
+        // Two minutes: after 90 s (¾), later than 60 s before.
+        assert_eq!(refresh_delay(exp(120), now), Duration::from_secs(90));
+        // 40 s: after 30 s.
+        assert_eq!(refresh_delay(exp(40), now), Duration::from_secs(30));
+        // 4 s: after 3 s.
+        assert_eq!(refresh_delay(exp(4), now), Duration::from_secs(3));
+        // Fractions of a second count.
+        let later = now + Duration::from_millis(400);
+        assert_eq!(refresh_delay(exp(4), later), Duration::from_millis(2700));
+        // Expired, or expiring now: at once, never in the past.
+        assert_eq!(refresh_delay(exp(0), now), Duration::ZERO);
+        assert_eq!(refresh_delay(999_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn failed_refreshes_are_retried_within_bounds() {
+        let now = Duration::from_secs(1_000_000);
+        assert_eq!(retry_delay(Some(1_000_600), now), REFRESH_RETRY);
+        assert_eq!(retry_delay(Some(1_000_008), now), Duration::from_secs(2));
+        assert_eq!(retry_delay(Some(1_000_001), now), REFRESH_RETRY_MIN);
+        // Expired: every 5 s, as long as the server keeps the session.
+        assert_eq!(retry_delay(Some(1_000_000), now), REFRESH_RETRY);
+        assert_eq!(retry_delay(Some(10), now), REFRESH_RETRY);
+        assert_eq!(retry_delay(None, now), REFRESH_RETRY);
+    }
+
+    #[test]
+    fn refusals_at_connect_that_end_the_session() {
+        for code in [
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::DocumentDeleted,
+        ] {
+            assert!(final_at_connect(code), "{code:?}");
+        }
+        for code in [ErrorCode::RateLimited, ErrorCode::Unavailable] {
+            assert!(!final_at_connect(code), "{code:?}");
+        }
     }
 }

@@ -21,17 +21,128 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Access tokens
+//!
+//! Against a server in token mode (`COLLAB_AUTH_SECRET` or a public key), a
+//! session needs a token (a JWT naming the user in `sub` and the documents it
+//! may use); [`Options::token`] is sent as `?token=` (URL-encoded) on every
+//! connection. The `welcome` tells the session its [`Role`] on the document
+//! and when the token expires; both are in [`Session::status`], and
+//! [`Event::Auth`] reports every later change.
+//!
+//! Tokens are short-lived, so give the session a [`TokenRefresher`]: a
+//! function that fetches a new token for the same user, typically from the
+//! application's backend.
+//!
+//! ```no_run
+//! # async fn fetch_token_from_my_backend() -> Result<String, std::io::Error> { todo!() }
+//! # async fn demo() -> Result<(), collab_client::Error> {
+//! use collab_client::{Error, Options, Role, Session, TokenRefresher};
+//!
+//! let options = Options {
+//!     token: Some(fetch_token_from_my_backend().await.map_err(|e| Error::Connect(e.to_string()))?),
+//!     refresh_token: Some(TokenRefresher::new(fetch_token_from_my_backend)),
+//!     ..Options::default()
+//! };
+//! let session = Session::connect("https://collab.example", "notes", options).await?;
+//! if session.status().role == Some(Role::Read) {
+//!     println!("read only");
+//! }
+//! // … later: why did it end?
+//! match session.closed().await {
+//!     Error::Unauthorized(message) => println!("signed out: {message}"),
+//!     Error::Forbidden(message) => println!("no access: {message}"),
+//!     other => println!("ended: {other}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! * **When it refreshes.** At the later of *60 s before `exp`* and *¾ of the
+//!   token's remaining lifetime* (a one-hour token is renewed a minute before
+//!   it ends, a two-minute one after 90 s, a 40-second one after 30 s; the
+//!   same rule as the JavaScript client), never in the past. The new token
+//!   is sent as an `auth` frame; the server's answer carries the new role and
+//!   expiry, which apply at once ([`Event::Auth`]), and the next refresh is
+//!   timed from it. Every later connection uses the newest token; one about
+//!   to run out (under 5 s left) while disconnected is renewed before
+//!   reconnecting. Timing uses the local clock (the server allows some skew,
+//!   30 s by default).
+//! * **When refreshing fails** (an `Err` or an empty token), the session keeps
+//!   its current token, reports [`Event::TokenRefreshFailed`] and asks again
+//!   after a quarter of the time left, between 1 s and 5 s (every 5 s once
+//!   `exp` has passed), until it succeeds or the server ends the session. Without a refresher the session ends at
+//!   `exp` (the server's `unauthorized` "token expired").
+//! * With no [`Options::token`] but a refresher, the first token comes from
+//!   the refresher. [`Session::set_token`] switches to a token at any time.
+//! * **Read only.** While the role is [`Role::Read`], [`Session::edit`] fails
+//!   with [`Error::ReadOnly`] and changes nothing, and presence is kept but
+//!   not sent (the server refuses both from a reader). Remote edits keep
+//!   arriving. If the role drops to read while local edits are unsynced (an
+//!   `auth` answer, a `welcome`, or the server's `forbidden` for the op in
+//!   flight), those edits are dropped, never resent, and the session
+//!   reconnects without `since` to take the server's content: an
+//!   [`Event::Error`] with [`ErrorCode::Forbidden`] says so, then
+//!   [`Event::Reset`] once the content is the server's again.
+//! * **Final refusals.** `unauthorized` at any time (a missing, bad, expired
+//!   or revoked token, or a refresh for another user) and `forbidden` before
+//!   the `welcome` or in answer to a refresh (no access to this document) end
+//!   the session: no reconnect; [`Event::Closed`] is the last event, and
+//!   [`Session::closed`] (and every later call) returns
+//!   [`Error::Unauthorized`] or [`Error::Forbidden`] with the server's
+//!   message (e.g. "token expired", "token revoked"). At connect time,
+//!   [`Session::connect`] returns that error itself.
 
 mod connection;
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use collab_ot::protocol::{ErrorCode, PeerInfo, User};
+pub use collab_ot::protocol::{ErrorCode, PeerInfo, Role, User};
 pub use collab_ot::{ClientError, Operation, Rope};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// What a [`TokenRefresher`] returns: a new token, or why there is none.
+pub type RefreshFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Fetches a fresh token for the same user, e.g. from the application's
+/// backend. Called by the session before its token expires (see the crate
+/// docs for when); cheap to clone.
+#[derive(Clone)]
+pub struct TokenRefresher(Arc<dyn Fn() -> RefreshFuture + Send + Sync>);
+
+impl TokenRefresher {
+    /// Wraps an async function; its error is reported as text in
+    /// [`Event::TokenRefreshFailed`].
+    pub fn new<F, Fut, E>(fetch: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        TokenRefresher(Arc::new(move || {
+            let fetching = fetch();
+            Box::pin(async move { fetching.await.map_err(|e| e.to_string()) })
+        }))
+    }
+
+    /// Asks for a token now.
+    pub fn fetch(&self) -> RefreshFuture {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for TokenRefresher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenRefresher(..)")
+    }
+}
+
 /// How a session connects and reconnects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// A stable id (`[A-Za-z0-9_-]{1,64}`); the server makes one up when absent.
     pub client_id: Option<String>,
@@ -44,6 +155,12 @@ pub struct Options {
     /// reading the socket until events are taken (the server may then drop
     /// the connection; the session resumes it).
     pub event_capacity: usize,
+    /// The access token (JWT) for a server in token mode; `None` for one in
+    /// open mode. Sent URL-encoded as `?token=` on every connection.
+    pub token: Option<String>,
+    /// Gets the next token before the current one expires (see the crate
+    /// docs). Without it the session ends when its token expires.
+    pub refresh_token: Option<TokenRefresher>,
 }
 
 impl Default for Options {
@@ -54,7 +171,24 @@ impl Default for Options {
             reconnect_delay: Duration::from_millis(50),
             max_reconnect_delay: Duration::from_secs(2),
             event_capacity: 4096,
+            token: None,
+            refresh_token: None,
         }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token itself: options end up in logs.
+        f.debug_struct("Options")
+            .field("client_id", &self.client_id)
+            .field("user", &self.user)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("event_capacity", &self.event_capacity)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("refresh_token", &self.refresh_token)
+            .finish()
     }
 }
 
@@ -72,6 +206,8 @@ pub enum Event {
         op: Operation,
         client_id: Option<String>,
         seq: Option<u64>,
+        /// The `sub` of the token it was sent with; `None` in open mode.
+        author: Option<String>,
     },
     /// Our local edits since the last `Sent` went out as op `seq`, based on
     /// revision `rev` (a resend after a reconnect is not reported again).
@@ -97,15 +233,30 @@ pub enum Event {
     Leave {
         client_id: String,
     },
-    /// The server refused something; see `code`.
+    /// The server refused something; see `code`. Also reports local edits
+    /// dropped because the session became read only (`Forbidden`, no `seq`).
     Error {
         code: ErrorCode,
         message: String,
         seq: Option<u64>,
     },
+    /// The connection's role or its token's expiry (Unix seconds) changed:
+    /// the server answered a refresh, a reconnect's `welcome` said so, or
+    /// the server refused an op for the role. The values at connect time
+    /// are in [`Session::status`]; this reports changes only.
+    Auth {
+        role: Option<Role>,
+        exp: Option<u64>,
+    },
+    /// The [`TokenRefresher`] failed; the session keeps its token and asks
+    /// again a little later.
+    TokenRefreshFailed {
+        message: String,
+    },
     /// The connection dropped; the session is reconnecting.
     Disconnected,
-    /// The session ended for good: the document is gone or access was refused.
+    /// The session ended for good: the document is gone or access was
+    /// refused ([`Session::closed`] says why).
     Closed {
         code: ErrorCode,
     },
@@ -121,6 +272,12 @@ pub struct Status {
     pub connected: bool,
     /// Ended for good (see [`Event::Closed`]).
     pub closed: bool,
+    /// The connection's role on the document, from the last `welcome` or
+    /// `auth` answer (`Admin` in open mode; `None` from a server without
+    /// access control).
+    pub role: Option<Role>,
+    /// When the token expires, in Unix seconds; `None` in open mode.
+    pub exp: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -129,22 +286,48 @@ pub enum Error {
     Connect(String),
     #[error("the server refused the session: {code:?}: {message}")]
     Refused { code: ErrorCode, message: String },
+    /// The token is missing, bad, expired or revoked (or a refresh named
+    /// another user): the session has ended. The message is the server's.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The token does not grant this document: the session has ended.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The session's role is `read`: local edits are refused.
+    #[error("this session is read only")]
+    ReadOnly,
     #[error("the session has ended")]
     Closed,
     #[error(transparent)]
     Edit(#[from] ClientError),
 }
 
+impl Error {
+    /// The error a session ends with after the server's `code`.
+    pub(crate) fn ending(code: ErrorCode, message: String) -> Error {
+        match code {
+            ErrorCode::Unauthorized => Error::Unauthorized(message),
+            ErrorCode::Forbidden => Error::Forbidden(message),
+            code => Error::Refused { code, message },
+        }
+    }
+}
+
 /// Builds an edit from the current local content.
 pub(crate) type EditFn = Box<dyn FnOnce(&collab_ot::Rope) -> Option<Operation> + Send>;
 
 pub(crate) enum Command {
-    Edit(EditFn, oneshot::Sender<Result<(), ClientError>>),
+    Edit(EditFn, oneshot::Sender<Result<(), Error>>),
     Presence(Option<[usize; 2]>),
     Content(oneshot::Sender<String>),
+    /// Use this token from now on.
+    Token(String),
     /// Drop the socket now, as a network failure would.
     Drop,
 }
+
+/// Why a session ended, once it has; shared by the session and its task.
+pub(crate) type EndReason = Arc<Mutex<Option<Error>>>;
 
 /// A session's events, taken out of it with [`Session::take_events`].
 pub struct Events(mpsc::Receiver<Event>);
@@ -162,19 +345,22 @@ pub struct Session {
     commands: mpsc::Sender<Command>,
     events: mpsc::Receiver<Event>,
     status: watch::Receiver<Status>,
+    ended: EndReason,
 }
 
 impl Session {
     /// Connects to `base_url` (`http://host:port` or `ws://host:port`) and
-    /// joins document `doc_id`; returns once the welcome has arrived.
+    /// joins document `doc_id`; returns once the welcome has arrived. A
+    /// refusal is returned as is: [`Error::Unauthorized`],
+    /// [`Error::Forbidden`], or [`Error::Refused`] (e.g. `not_found`).
     pub async fn connect(base_url: &str, doc_id: &str, options: Options) -> Result<Session, Error> {
-        let (commands, events, status, client_id) =
-            connection::start(base_url, doc_id, options).await?;
+        let started = connection::start(base_url, doc_id, options).await?;
         Ok(Session {
-            client_id,
-            commands,
-            events,
-            status,
+            client_id: started.client_id,
+            commands: started.commands,
+            events: started.events,
+            status: started.status,
+            ended: started.ended,
         })
     }
 
@@ -184,7 +370,8 @@ impl Session {
     }
 
     /// Applies `op` to the local content now and sends it as soon as the
-    /// protocol allows (one op in flight; later edits are composed).
+    /// protocol allows (one op in flight; later edits are composed). Fails
+    /// with [`Error::ReadOnly`], changing nothing, while the role is `read`.
     pub async fn edit(&self, op: Operation) -> Result<(), Error> {
         self.edit_with(move |_| Some(op)).await
     }
@@ -198,26 +385,49 @@ impl Session {
     ) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Edit(Box::new(build), tx)).await?;
-        Ok(rx.await.map_err(|_| Error::Closed)??)
+        rx.await.map_err(|_| self.end_reason())?
     }
 
     /// Shares this client's selection (`[anchor, head]`, in characters of
     /// the local content) with its peers. The session keeps it next to the
     /// same characters through later edits, local and remote, and shares it
-    /// again by itself after a reconnect.
+    /// again by itself after a reconnect. While the role is `read` it is
+    /// kept but not sent (the server would refuse it); it goes out if the
+    /// role becomes `write` again.
     pub async fn set_presence(&self, selection: Option<[usize; 2]>) -> Result<(), Error> {
         self.send(Command::Presence(selection)).await
+    }
+
+    /// Uses `token` from now on: sent as an `auth` frame when connected (the
+    /// answer comes as [`Event::Auth`]), and used for every later
+    /// connection. A token for another user, or without this document, ends
+    /// the session.
+    pub async fn set_token(&self, token: impl Into<String>) -> Result<(), Error> {
+        self.send(Command::Token(token.into())).await
     }
 
     /// The local content, with local edits applied.
     pub async fn content(&self) -> Result<String, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Content(tx)).await?;
-        rx.await.map_err(|_| Error::Closed)
+        rx.await.map_err(|_| self.end_reason())
     }
 
     pub fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    /// Why the session ended, once it has ended for good.
+    pub fn closed_reason(&self) -> Option<Error> {
+        self.ended.lock().expect("end reason lock").clone()
+    }
+
+    /// Waits until the session has ended for good and says why (e.g.
+    /// [`Error::Unauthorized`] with "token revoked").
+    pub async fn closed(&self) -> Error {
+        let mut status = self.status.clone();
+        let _ = status.wait_for(|s| s.closed).await;
+        self.end_reason()
     }
 
     /// Waits until every local edit is acknowledged.
@@ -232,17 +442,18 @@ impl Session {
         self.wait_for(|s| s.rev >= rev).await.map(|_| ())
     }
 
-    /// Waits for a status that satisfies `ready`.
+    /// Waits for a status that satisfies `ready`; fails with the reason the
+    /// session ended if it ends first.
     pub async fn wait_for(&self, ready: impl Fn(&Status) -> bool) -> Result<Status, Error> {
         let mut status = self.status.clone();
         let seen = status
             .wait_for(|s| ready(s) || s.closed)
             .await
-            .map_err(|_| Error::Closed)?;
+            .map_err(|_| self.end_reason())?;
         if ready(&seen) {
             Ok(*seen)
         } else {
-            Err(Error::Closed)
+            Err(self.end_reason())
         }
     }
 
@@ -267,6 +478,14 @@ impl Session {
     }
 
     async fn send(&self, command: Command) -> Result<(), Error> {
-        self.commands.send(command).await.map_err(|_| Error::Closed)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| self.end_reason())
+    }
+
+    /// Why calls fail once the session's task is gone.
+    fn end_reason(&self) -> Error {
+        self.closed_reason().unwrap_or(Error::Closed)
     }
 }
