@@ -50,6 +50,10 @@ pub struct LoadArgs {
     /// Also print the results as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// A token for a server in token mode (`collab token --sub bench --doc
+    /// '*=admin'`): sent with the REST calls and by every client.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 /// Keystroke times of one client, by the seq of the op that carried them.
@@ -111,8 +115,11 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         .map(|d| format!("bench-{run_id}-{d}"))
         .collect();
     for doc in &docs {
-        let res = http
-            .post(format!("{base}/api/documents"))
+        let mut create = http.post(format!("{base}/api/documents"));
+        if let Some(token) = &args.token {
+            create = create.bearer_auth(token);
+        }
+        let res = create
             .json(&json!({"id": doc, "title": format!("load {run_id}"), "content": "hello"}))
             .send()
             .await
@@ -129,6 +136,7 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
     for i in 0..args.clients {
         let options = Options {
             client_id: Some(format!("{run_id}-{i}")),
+            token: args.token.clone(),
             ..Options::default()
         };
         let url = &bases[i % bases.len()];

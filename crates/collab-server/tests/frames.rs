@@ -271,6 +271,7 @@ async fn bad_frames_get_one_error_each_and_change_nothing(db: &TestDb) {
             op: Operation::insert(5, " world"),
             client_id: Some("raw".to_owned()),
             seq: Some(100),
+            author: None,
         }
     );
     assert_eq!(peer.content().await.unwrap(), "hello world");
