@@ -111,15 +111,16 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         .map(|u| u.trim_end_matches('/').to_owned())
         .collect();
     let base = bases[0].clone();
+    // Every REST call carries the token, when the server wants one.
+    let authed = |request: reqwest::RequestBuilder| match &args.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
     let docs: Vec<String> = (0..args.docs)
         .map(|d| format!("bench-{run_id}-{d}"))
         .collect();
     for doc in &docs {
-        let mut create = http.post(format!("{base}/api/documents"));
-        if let Some(token) = &args.token {
-            create = create.bearer_auth(token);
-        }
-        let res = create
+        let res = authed(http.post(format!("{base}/api/documents")))
             .json(&json!({"id": doc, "title": format!("load {run_id}"), "content": "hello"}))
             .send()
             .await
@@ -198,12 +199,13 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         }
     }
     for (d, doc) in docs.iter().enumerate() {
-        let stored: serde_json::Value = http
-            .get(format!("{base}/api/documents/{doc}"))
+        let res = authed(http.get(format!("{base}/api/documents/{doc}")))
             .send()
-            .await?
-            .json()
             .await?;
+        if !res.status().is_success() {
+            bail!("reading {doc}: {} {}", res.status(), res.text().await?);
+        }
+        let stored: serde_json::Value = res.json().await?;
         let rev = stored["rev"].as_u64().unwrap_or_default();
         let content = stored["content"].as_str().unwrap_or_default();
         for s in sessions.iter().skip(d).step_by(docs.len()) {
@@ -219,8 +221,7 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         total.merge(d.await?);
     }
     for doc in &docs {
-        let _ = http
-            .delete(format!("{base}/api/documents/{doc}"))
+        let _ = authed(http.delete(format!("{base}/api/documents/{doc}")))
             .send()
             .await;
     }
