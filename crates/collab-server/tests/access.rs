@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use collab_server::auth::{mint_with, now_secs, Claims, Secret};
 use collab_server::store::Revocation;
-use collab_server::Config;
+use common::auth::{admin, claims, sign, token, token_config};
 use common::ws::{
     assert_error_frame, next_json, open_raw, read_until_closed, send_op, send_text, End, Ws,
 };
@@ -18,47 +18,8 @@ use common::{assert_error, spawn_app_with, test_config, TestApp, TestDb};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-secret-test-secret-test-secret!";
-
-fn token_config(db: &TestDb) -> Config {
-    let mut config = test_config(db);
-    config.auth_secret = Some(Secret::new(SECRET));
-    config.revocation_poll_ms = 200;
-    config
-}
-
 async fn spawn_token_app(db: &TestDb) -> TestApp {
     spawn_app_with(token_config(db)).await
-}
-
-/// Claims for `sub` with `docs`, valid for ten minutes from now.
-fn claims(sub: &str, docs: &[(&str, &str)]) -> Claims {
-    let now = now_secs();
-    Claims {
-        sub: sub.to_owned(),
-        exp: now + 600,
-        iat: Some(now),
-        nbf: None,
-        jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-        name: None,
-        docs: Some(
-            docs.iter()
-                .map(|(p, r)| ((*p).to_owned(), (*r).to_owned()))
-                .collect(),
-        ),
-    }
-}
-
-fn sign(claims: &Claims) -> String {
-    mint_with(&Secret::new(SECRET), claims).expect("mint")
-}
-
-fn token(sub: &str, docs: &[(&str, &str)]) -> String {
-    sign(&claims(sub, docs))
-}
-
-fn admin() -> String {
-    token("root", &[("*", "admin")])
 }
 
 /// One request with an optional bearer token.

@@ -11,55 +11,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use collab_client::{Error, ErrorCode, Event, Operation, Options, Role, Session, TokenRefresher};
-use collab_server::auth::{mint_with, now_secs, Claims, Secret};
-use collab_server::Config;
-use common::{spawn_app_with, test_config, wait_for, TestApp, TestDb};
+use collab_server::auth::now_secs;
+use common::auth::{admin, claims, sign, token, token_config};
+use common::{spawn_app_with, wait_for, TestApp, TestDb};
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-secret-test-secret-test-secret!";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn token_config(db: &TestDb) -> Config {
-    let mut config = test_config(db);
-    config.auth_secret = Some(Secret::new(SECRET));
-    config.revocation_poll_ms = 200;
-    config
-}
-
-/// Claims for `sub` with `docs`, expiring at Unix second `exp`.
-fn claims(sub: &str, docs: &[(&str, &str)], exp: u64) -> Claims {
-    Claims {
-        sub: sub.to_owned(),
-        exp,
-        iat: Some(now_secs()),
-        nbf: None,
-        jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-        name: None,
-        docs: Some(
-            docs.iter()
-                .map(|(p, r)| ((*p).to_owned(), (*r).to_owned()))
-                .collect(),
-        ),
-    }
-}
-
-fn sign(claims: &Claims) -> String {
-    mint_with(&Secret::new(SECRET), claims).expect("mint")
-}
 
 /// A token for `sub` with `docs`, valid for `secs` seconds from now, and
 /// its `exp`.
 fn token_for(sub: &str, docs: &[(&str, &str)], secs: u64) -> (String, u64) {
     let exp = now_secs() + secs;
-    (sign(&claims(sub, docs, exp)), exp)
-}
-
-fn token(sub: &str, docs: &[(&str, &str)]) -> String {
-    token_for(sub, docs, 600).0
-}
-
-fn admin() -> String {
-    token("root", &[("*", "admin")])
+    let mut claims = claims(sub, docs);
+    claims.exp = exp;
+    (sign(&claims), exp)
 }
 
 async fn create(app: &TestApp, id: &str, content: &str) {
@@ -331,7 +296,9 @@ async fn bad_tokens_are_refused_for_good() {
         );
     }
     // Expired beyond the server's leeway (30 s).
-    let expired = sign(&claims("u", &[("notes", "write")], now_secs() - 120));
+    let mut expired = claims("u", &[("notes", "write")]);
+    expired.exp = now_secs() - 120;
+    let expired = sign(&expired);
     let refused = connect_with(Some(expired)).await.err();
     assert!(
         matches!(&refused, Some(Error::Unauthorized(m)) if m.contains("expired")),

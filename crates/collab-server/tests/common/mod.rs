@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unused_macros)] // each test binary uses a different part of this
 
+pub mod auth;
 pub mod ws;
 
 use std::future::Future;
