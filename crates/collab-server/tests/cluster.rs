@@ -5,7 +5,8 @@
 //! survivor (through a proxy standing in for a load balancer) without losing
 //! or doubling an acknowledged op; cutting the instances' Redis connections
 //! loses nothing; presence crosses instances and a dead instance's peers
-//! leave within the presence TTL.
+//! leave within the presence TTL; a revocation made through one instance
+//! closes a session on another within a second.
 //!
 //! Needs `COLLAB_TEST_DATABASE_URL` (a PostgreSQL server; every test gets a
 //! fresh database on it) and `COLLAB_TEST_REDIS_URL`; without them the tests
