@@ -21,7 +21,7 @@ use collab_ot::protocol::Role;
 
 pub use extract::{bearer, Admin, AdminOnAll, Doc, Reader, Writer};
 pub use grants::{Grants, Pattern};
-pub use revocations::{Revocations, RevokedSet};
+pub use revocations::Revocations;
 pub use session::{Refused, SessionAccess};
 pub use token::{mint_with, now_secs, Claims, Secret, Token, TokenError, Verifier};
 
@@ -196,7 +196,7 @@ impl Access {
 
 /// The refusal for a document this access may not use as `needed`: a
 /// token without `admin` on it must not learn whether it exists.
-pub fn refusal(id: &str, needed: Role, has: Option<Role>) -> crate::error::AppError {
+pub(crate) fn refusal(id: &str, needed: Role, has: Option<Role>) -> crate::error::AppError {
     use crate::error::AppError;
     match has {
         None => AppError::Forbidden(format!("this token does not grant access to document {id}")),

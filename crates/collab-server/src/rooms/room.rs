@@ -746,7 +746,8 @@ impl Room {
                 Answer::Applied(origin, _) => {
                     let op = ops.next().expect("one staged op per applied answer");
                     let rev = op.rev;
-                    let author = match &origin {
+                    // The session that sent it gets an ack instead.
+                    let from = match &origin {
                         Origin::Session { session, .. } => Some(*session),
                         Origin::Rest(_) => None,
                     };
@@ -757,7 +758,7 @@ impl Room {
                         seq: op.seq,
                         author: op.author,
                     });
-                    self.broadcast(&frame, author);
+                    self.broadcast(&frame, from);
                     self.answer(origin, rev);
                 }
                 Answer::Duplicate(origin, rev) => self.answer(origin, rev),
