@@ -9,8 +9,8 @@
 //!   vectors generated from it).
 //! * [`Document`]: the server's state machine (transform late ops, exactly-once,
 //!   presence). [`Client`]: the client's (ot.js / ShareDB style).
-//! * [`protocol`]: the WebSocket frames of the wire contract, parsed by pure
-//!   functions into messages or the contract's error codes.
+//! * [`protocol`]: the WebSocket frames of the protocol (docs/protocol.md §3), parsed by pure
+//!   functions into messages or the protocol's error codes.
 //! * [`json`]: the strict JSON every client input is read with (no duplicate
 //!   keys, no integer past 2^53 − 1).
 //!

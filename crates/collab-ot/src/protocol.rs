@@ -1,7 +1,7 @@
-//! The WebSocket messages of the wire contract (§3), as plain data.
+//! The WebSocket messages of the protocol (docs/protocol.md §3), as plain data.
 //!
 //! Parsing is a pure function from a text frame to a message or to the
-//! contract's error, so the server and the Rust client share one definition
+//! protocol's error, so the server and the Rust client share one definition
 //! and every malformed frame maps to a precise error code without touching
 //! any document.
 
@@ -176,7 +176,7 @@ impl From<&Peer> for PeerInfo {
     }
 }
 
-/// The contract's error codes.
+/// The protocol's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

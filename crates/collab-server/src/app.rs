@@ -178,7 +178,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_message_bytes;
     let allowed = AllowedOrigins::new(&state.edge.allowed_origins);
     routes::router()
-        // Unknown paths and methods get the contract's error body too.
+        // Unknown paths and methods get the protocol's error body too.
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,7 +1,7 @@
-//! Validated values of the wire contract: document ids, titles and timestamps.
+//! Validated values of the protocol (docs/protocol.md): document ids, titles and timestamps.
 //!
 //! Parsing happens once, at the edge (the routes), so the rooms and the store
-//! never see an id or a title that breaks the contract's rules.
+//! never see an id or a title that breaks the protocol's rules.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -10,16 +10,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 
-/// The longest id a client may choose (contract §2).
+/// The longest id a client may choose (docs/protocol.md §2).
 pub const MAX_ID_LEN: usize = 64;
-/// The longest title, in characters after trimming (contract §2).
+/// The longest title, in characters after trimming (docs/protocol.md §2).
 pub const MAX_TITLE_CHARS: usize = 200;
 
 /// A document id: `[A-Za-z0-9_-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocumentId(String);
 
-/// The contract's rule for every id a client may choose: `[A-Za-z0-9_-]{1,64}`.
+/// The protocol's rule for every id a client may choose: `[A-Za-z0-9_-]{1,64}`.
 fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN

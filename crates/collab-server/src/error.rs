@@ -1,4 +1,4 @@
-//! The one error type of the HTTP layer and its contract body,
+//! The one error type of the HTTP layer and its protocol error body,
 //! `{"error": {"code": "<snake_case>", "message": "<human text>"}}`.
 //!
 //! Bad input always maps to a 4xx with a specific code. Server faults are
@@ -116,7 +116,7 @@ impl AppError {
         }
     }
 
-    /// The contract's error body for this error.
+    /// The protocol's error body for this error.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"code": self.code(), "message": self.to_string()}})
     }

@@ -1,7 +1,7 @@
-//! Extractors that turn axum's rejections into contract errors.
+//! Extractors that turn axum's rejections into protocol errors.
 //!
 //! axum answers a bad body or query with its own plain-text errors; the
-//! contract wants the JSON error body everywhere, so every handler extracts
+//! protocol wants the JSON error body everywhere, so every handler extracts
 //! through these wrappers instead. Bodies are read with the same strict
 //! JSON as WebSocket frames (`collab_ot::json`).
 
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 
-/// A JSON body, read strictly and refused with contract errors: 413
+/// A JSON body, read strictly and refused with protocol errors: 413
 /// `too_large` for a body over the limit, 400 `bad_request` for everything
 /// else (a missing `Content-Type: application/json`, bad syntax, a duplicate
 /// key, an integer past 2^53 − 1, wrong types, missing fields), in words

@@ -4,15 +4,15 @@
 //! * [`config`], [`telemetry`], [`cli`]: how the process is set up.
 //! * [`app`]: shared state, router and [`run`], the server loop.
 //! * `listener`: the accept loop under [`run`]: header timeout, connection
-//!   caps, contract bodies for requests hyper cannot parse.
+//!   caps, protocol error bodies for requests hyper cannot parse.
 //! * `origin`: which web origins may use the server (the `Origin` check, CORS).
-//! * `routes`: the REST API and the WebSocket endpoint of the wire contract,
+//! * `routes`: the REST API and the WebSocket endpoint of the protocol (docs/protocol.md),
 //!   and the browser editor's pages.
 //! * [`rooms`]: one task per open document, owning its `collab_ot::Document`.
 //! * [`store`]: SQLite / PostgreSQL behind the [`store::DocumentStore`] trait.
 //! * [`cluster`]: Redis fan-out between instances sharing one PostgreSQL.
 //! * [`snapshot`]: the snapshot worker, in-process or as `collab worker`.
-//! * [`error`], [`extract`]: contract error bodies for every failure.
+//! * [`error`], [`extract`]: protocol error bodies for every failure.
 //! * [`rate`]: the token buckets behind every per-connection budget.
 
 pub mod app;

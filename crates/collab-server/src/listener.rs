@@ -6,11 +6,11 @@
 //!   request line (or nothing) would hold its socket forever.
 //! * **Connection caps.** Open connections are counted server-wide and per
 //!   IP address, WebSockets included for as long as they stay open; over a
-//!   cap the connection gets a short raw 503 / 429 with the contract body
+//!   cap the connection gets a short raw 503 / 429 with the protocol error body
 //!   and is closed before hyper sees it.
 //! * **Contract bodies for parse errors.** hyper answers a request it cannot
 //!   parse itself, with an empty body; [`EdgeIo`] gives those answers the
-//!   contract's JSON body, so every refusal reads the same.
+//!   protocol's JSON body, so every refusal reads the same.
 //!
 //! Connections speak HTTP/1.1 only, through hyper's own HTTP/1 builder, as
 //! they did under `axum::serve` (the server has never offered HTTP/2).
@@ -213,7 +213,7 @@ fn refuse(mut tcp: TcpStream, refusal: &AppError, refusals: &Arc<Semaphore>) {
     });
 }
 
-/// A complete HTTP/1.1 response carrying `error`'s contract body, after
+/// A complete HTTP/1.1 response carrying `error`'s protocol error body, after
 /// which the connection closes. `keep` are header lines (without CRLF) to
 /// carry over; a `date` is added when none is among them.
 fn raw_response(error: &AppError, keep: &[&[u8]]) -> Vec<u8> {
@@ -349,7 +349,7 @@ impl Drop for ConnectionGuard {
 ///
 /// And it rewrites hyper's own answers to unparsable requests (400, 414,
 /// 431 with an empty body; see `on_error` in hyper's `proto::h1::role`),
-/// which would otherwise be the only error responses without the contract
+/// which would otherwise be the only error responses without the protocol's
 /// body. They are recognised by shape: one of those statuses with
 /// `content-length: 0`, something the app never sends, since every error
 /// it returns has a body. Reporting no vectored writes makes hyper flatten
@@ -669,7 +669,7 @@ mod tests {
     }
 
     /// hyper itself, on in-memory IO, answers a malformed request through
-    /// the adapter with the contract body.
+    /// the adapter with the protocol error body.
     #[tokio::test]
     async fn hyper_parse_errors_carry_the_contract_body() {
         let cases: [(&[u8], u16, &str); 2] = [

@@ -1,4 +1,4 @@
-//! The snapshot worker (the brief's `workers/snapshot_worker`).
+//! The snapshot worker.
 //!
 //! Loading a document replays its latest snapshot plus the op tail, so
 //! snapshots keep loads short. Rooms report activity through a

@@ -1,4 +1,4 @@
-//! A corpus of bad requests: each gets the contract's JSON error and a 4xx
+//! A corpus of bad requests: each gets the protocol's JSON error and a 4xx
 //! (never a 500), and no document changes.
 
 #[macro_use]

@@ -1,4 +1,4 @@
-//! The documents CRUD of contract §2, on both backends.
+//! The documents CRUD of docs/protocol.md §2, on both backends.
 
 #[macro_use]
 mod common;

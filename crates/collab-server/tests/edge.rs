@@ -1,7 +1,7 @@
 //! The HTTP edge, over real sockets: clients that stall while sending a
 //! request head are cut off, connection caps (server-wide and per address)
-//! refuse with the contract body and free up when connections close,
-//! requests hyper cannot parse get the contract body too, and only the
+//! refuse with the protocol error body and free up when connections close,
+//! requests hyper cannot parse get the protocol error body too, and only the
 //! server's own origin and listed ones may use the API and open WebSockets.
 //!
 //! No storage is involved, so these run on SQLite only.
@@ -61,7 +61,7 @@ impl Raw {
         })
     }
 
-    /// Asserts this is a complete contract error response.
+    /// Asserts this is a complete protocol error response.
     fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(
             self.header("content-type"),

@@ -1,7 +1,7 @@
-//! The live protocol frame by frame (wire contract §3–§4), with raw
+//! The live protocol frame by frame (docs/protocol.md §3–§4), with raw
 //! WebSocket clients that can send anything, next to a well-behaved
 //! `collab-client` session: malformed and oversized frames get exactly the
-//! contract's error and change nothing, limits are enforced per connection,
+//! protocol's error and change nothing, limits are enforced per connection,
 //! unknown and deleted documents close the socket, rooms unload when nobody
 //! uses them, a client that stops reading is cut off without stalling its
 //! room, and resuming connections get the ops they missed.

@@ -22,7 +22,7 @@ async fn health_is_unavailable_once_the_store_is_gone(db: &TestDb) {
     let (status, body) = app.get("/health").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
-    // Other requests fail cleanly too, with the contract's error body.
+    // Other requests fail cleanly too, with the protocol's error body.
     let (status, body) = app.get("/api/documents").await;
     common::assert_error(status, &body, 503, "unavailable");
     let (status, body) = app.get("/api/documents/doc").await;

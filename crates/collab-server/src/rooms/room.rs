@@ -1,4 +1,4 @@
-//! The task behind one open document (the brief's `sync_service`).
+//! The task behind one open document.
 //!
 //! It owns the `collab_ot::Document` and its live sessions. It takes commands
 //! one batch at a time, runs each edit through the engine, writes the batch's
@@ -1115,7 +1115,7 @@ fn error_frame(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
     })
 }
 
-/// The contract's error for a refused session op.
+/// The protocol's error for a refused session op.
 fn session_error(e: &RoomError) -> (ErrorCode, String) {
     let code = match e {
         RoomError::Rejected(SubmitError::RevOutOfRange { .. }) => ErrorCode::RevOutOfRange,

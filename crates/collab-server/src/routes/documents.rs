@@ -1,4 +1,4 @@
-//! The documents REST API (wire contract §2).
+//! The documents REST API (docs/protocol.md §2).
 //!
 //! Metadata comes straight from the store; content and edits go through the
 //! document's room, so a REST edit takes exactly the path of a live one.

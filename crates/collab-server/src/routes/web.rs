@@ -12,7 +12,7 @@
 //!   with a `?v=<content hash>` query, and such versioned requests may be
 //!   cached for a year; unversioned ones are revalidated every time.
 //!
-//! Unknown assets get the contract's JSON 404 body, like any unknown route.
+//! Unknown assets get the protocol's JSON 404 body, like any unknown route.
 
 use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderValue};

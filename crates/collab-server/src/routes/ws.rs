@@ -1,4 +1,4 @@
-//! `GET /ws/documents/{id}`: one live editing session (wire contract §3).
+//! `GET /ws/documents/{id}`: one live editing session (docs/protocol.md §3).
 //!
 //! The connection task is a thin adapter: it parses frames with the engine's
 //! pure `parse_client_message`, enforces the per-connection limits (ops per
@@ -377,7 +377,7 @@ impl Connection {
         }
     }
 
-    /// Sends the contract's error, then closes: the session cannot go on.
+    /// Sends the protocol's error, then closes: the session cannot go on.
     async fn refuse(mut self, refusal: Refusal) {
         let _ = self.send(error(refusal.code, &refusal.message, None)).await;
         self.close(CLOSE_POLICY, "refused").await;

@@ -319,7 +319,7 @@ async fn into_parts(res: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Assert `body` is the contract's error body with `code`.
+/// Assert `body` is the protocol's error body with `code`.
 pub fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str) {
     assert_eq!(status, expected_status, "body: {body}");
     assert_eq!(body["error"]["code"], code, "body: {body}");

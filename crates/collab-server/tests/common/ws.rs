@@ -1,6 +1,6 @@
 //! Raw WebSocket helpers for tests that speak the live protocol frame by
 //! frame: open a socket, send anything, read frames with a timeout, assert
-//! the contract's error frames.
+//! the protocol's error frames.
 
 use std::time::Duration;
 
@@ -115,7 +115,7 @@ pub async fn read_until_closed(ws: &mut Ws, within: Duration) -> (Vec<Value>, En
     }
 }
 
-/// Asserts `frame` is the contract's error with `code`, carrying `seq`
+/// Asserts `frame` is the protocol's error with `code`, carrying `seq`
 /// exactly when one is expected.
 #[track_caller]
 pub fn assert_error_frame(frame: &Value, code: &str, seq: Option<u64>, what: &str) {
