@@ -1,9 +1,9 @@
-// collab-client: a small, framework-free client for the collab wire contract
-// (version 1). It keeps one replica of a document, speaks the WebSocket
+// collab-client: a small, framework-free client for the collab protocol
+// (docs/protocol.md). It keeps one replica of a document, speaks the WebSocket
 // protocol with the ot.js / ShareDB client state machine, and reconnects by
 // itself. Operational transformation is done by the `ot-text-unicode` package;
 // every position and length here counts Unicode code points, as in the
-// contract.
+// protocol.
 //
 // State machine (ot.js): *synchronized* (nothing unacknowledged), *awaiting*
 // (one op in flight), or *awaiting with buffer* (one op in flight and the
@@ -135,7 +135,7 @@ function isOp(op) {
   return Array.isArray(op);
 }
 
-/** Plain-words text for the contract's error codes. */
+/** Plain-words text for the protocol's error codes. */
 export function describeError(code, fallback) {
   switch (code) {
     case 'document_deleted':

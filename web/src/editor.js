@@ -1,6 +1,6 @@
 // CodeMirror 6 binding for CollabClient.
 //
-// CodeMirror counts UTF-16 code units; the wire contract counts code points.
+// CodeMirror counts UTF-16 code units; the protocol counts code points.
 // Local transactions become text-unicode ops (code points) for the client;
 // remote ops become CodeMirror changes (UTF-16), annotated so they are not
 // sent back. Peers' selections are drawn as decorations with a name label.

@@ -1,6 +1,6 @@
 // An in-memory stand-in for the collab WebSocket endpoint, for testing the
 // client library's state machine in Node without a browser or a real server.
-// It follows the wire contract's rules (transform against later ops with
+// It follows the protocol's rules (transform against later ops with
 // side "left", exactly-once per (client_id, seq), resume welcomes), using
 // ot-text-unicode, and delivers messages through per-direction FIFO queues
 // that a seeded scheduler interleaves.
