@@ -145,13 +145,19 @@ impl IntoResponse for AppError {
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        match e {
+        Arc::new(e).into()
+    }
+}
+
+impl From<Arc<StoreError>> for AppError {
+    fn from(e: Arc<StoreError>) -> Self {
+        match &*e {
             StoreError::NotFound => AppError::NotFound,
             StoreError::Conflict(_) => {
                 AppError::Conflict("the document changed concurrently; retry".to_owned())
             }
-            e @ StoreError::Unavailable(_) => AppError::Unavailable(Some(Arc::new(e))),
-            e => AppError::Internal(Arc::new(e)),
+            StoreError::Unavailable(_) => AppError::Unavailable(Some(e)),
+            _ => AppError::Internal(e),
         }
     }
 }
@@ -161,14 +167,7 @@ impl From<RoomError> for AppError {
         match e {
             RoomError::NotFound => AppError::NotFound,
             RoomError::Rejected(e) => e.into(),
-            RoomError::Store(e) => match &*e {
-                StoreError::NotFound => AppError::NotFound,
-                StoreError::Conflict(_) => {
-                    AppError::Conflict("the document changed concurrently; retry".to_owned())
-                }
-                StoreError::Unavailable(_) => AppError::Unavailable(Some(e)),
-                _ => AppError::Internal(e),
-            },
+            RoomError::Store(e) => e.into(),
             RoomError::RateLimited => AppError::RateLimited(e.to_string()),
             RoomError::ClientTaken(_) => AppError::Forbidden(e.to_string()),
             RoomError::Closed | RoomError::ShuttingDown => AppError::Unavailable(None),

@@ -29,6 +29,20 @@ use crate::store::{DocumentStore, StoreError};
 /// every session it is broadcast to.
 pub type Frame = Arc<str>;
 
+/// `message` as a frame.
+pub fn frame(message: &collab_ot::protocol::ServerMessage) -> Frame {
+    message.to_json().into()
+}
+
+/// The protocol's `error` frame (docs/protocol.md §3, "Errors").
+pub fn error_frame(code: collab_ot::protocol::ErrorCode, message: &str, seq: Option<u64>) -> Frame {
+    frame(&collab_ot::protocol::ServerMessage::Error {
+        code,
+        message: message.to_owned(),
+        seq,
+    })
+}
+
 /// How rooms behave; built from [`crate::config::Config`].
 #[derive(Debug, Clone, Copy)]
 pub struct RoomConfig {

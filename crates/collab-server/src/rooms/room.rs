@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::{
-    Command, DocState, Frame, JoinRequest, Outbox, Refused, Reply, RoomError, Shared, Submission,
+    error_frame, frame, Command, DocState, Frame, JoinRequest, Outbox, Refused, Reply, RoomError,
+    Shared, Submission,
 };
 use crate::cluster::{ClusterMessage, ClusterOp};
 use crate::domain::DocumentId;
@@ -1101,18 +1102,6 @@ impl Room {
             Err(e) => warn!(rev, error = %e, "could not save snapshot"),
         }
     }
-}
-
-fn frame(message: &ServerMessage) -> Frame {
-    message.to_json().into()
-}
-
-fn error_frame(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
-    frame(&ServerMessage::Error {
-        code,
-        message: message.to_owned(),
-        seq,
-    })
 }
 
 /// The protocol's error for a refused session op.

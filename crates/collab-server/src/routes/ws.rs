@@ -29,7 +29,9 @@ use crate::app::AppState;
 use crate::auth::{bearer, Access, Refused, SessionAccess, TokenError};
 use crate::domain::{ClientId, DocumentId};
 use crate::rate::TokenBucket;
-use crate::rooms::{Frame, Inbox, JoinRequest, Joined, RoomError, SessionGrant, SessionLink};
+use crate::rooms::{
+    error_frame, Frame, Inbox, JoinRequest, Joined, RoomError, SessionGrant, SessionLink,
+};
 
 /// Close code 1012 "service restart": the server is stopping; reconnect.
 const CLOSE_RESTART: u16 = 1012;
@@ -236,7 +238,7 @@ impl Connection {
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => {
-                            let reply = error(ErrorCode::BadMessage, "frames must be JSON text", None);
+                            let reply = error_frame(ErrorCode::BadMessage, "frames must be JSON text", None);
                             if self.send(reply).await.is_err() {
                                 break;
                             }
@@ -251,7 +253,7 @@ impl Connection {
                                 "message too large: the limit is {} bytes",
                                 limits.max_message_bytes
                             );
-                            if self.send(error(ErrorCode::TooLarge, &message, None)).await.is_ok() {
+                            if self.send(error_frame(ErrorCode::TooLarge, &message, None)).await.is_ok() {
                                 self.close(CLOSE_TOO_BIG, "message too large").await;
                             }
                             break;
@@ -263,7 +265,7 @@ impl Connection {
                             text.len(),
                             limits.max_message_bytes
                         );
-                        if self.send(error(ErrorCode::TooLarge, &message, None)).await.is_err() {
+                        if self.send(error_frame(ErrorCode::TooLarge, &message, None)).await.is_err() {
                             break;
                         }
                         continue;
@@ -277,7 +279,7 @@ impl Connection {
                         Ok(ClientMessage::Auth { token }) => {
                             if !refreshes.try_take(1.0, Instant::now()) {
                                 let message = "too many auth frames; slow down";
-                                self.send(error(ErrorCode::RateLimited, message, None)).await
+                                self.send(error_frame(ErrorCode::RateLimited, message, None)).await
                             } else {
                                 match session.refresh(&auth, &token) {
                                     Ok((role, exp)) => {
@@ -289,7 +291,7 @@ impl Connection {
                                         self.end(r).await;
                                         break;
                                     }
-                                    Err(r) => self.send(error(r.code, &r.message, None)).await,
+                                    Err(r) => self.send(error_frame(r.code, &r.message, None)).await,
                                 }
                             }
                         }
@@ -306,7 +308,7 @@ impl Connection {
                                     "more than {} ops per second; slow down",
                                     limits.max_ops_per_second
                                 );
-                                self.send(error(ErrorCode::RateLimited, &message, Some(seq))).await
+                                self.send(error_frame(ErrorCode::RateLimited, &message, Some(seq))).await
                             }
                         }
                         Ok(ClientMessage::Presence { selection, user }) => {
@@ -372,14 +374,20 @@ impl Connection {
     /// Ends a live session whose access is gone: the error, then close.
     async fn end(&mut self, r: Refused) {
         debug!(code = ?r.code, message = %r.message, "ending the session");
-        if self.send(error(r.code, &r.message, None)).await.is_ok() {
+        if self
+            .send(error_frame(r.code, &r.message, None))
+            .await
+            .is_ok()
+        {
             self.close(CLOSE_POLICY, "access ended").await;
         }
     }
 
     /// Sends the protocol's error, then closes: the session cannot go on.
     async fn refuse(mut self, refusal: Refusal) {
-        let _ = self.send(error(refusal.code, &refusal.message, None)).await;
+        let _ = self
+            .send(error_frame(refusal.code, &refusal.message, None))
+            .await;
         self.close(CLOSE_POLICY, "refused").await;
     }
 
@@ -511,16 +519,6 @@ fn parse_target(
         .transpose()
         .map_err(|_| bad("since must be a non-negative integer revision"))?;
     Ok((doc, client_id, since))
-}
-
-fn error(code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
-    ServerMessage::Error {
-        code,
-        message: message.to_owned(),
-        seq,
-    }
-    .to_json()
-    .into()
 }
 
 /// What the keepalive does at a check (one every quarter of `idle`).
