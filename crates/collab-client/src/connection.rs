@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use collab_ot::protocol::{ClientMessage, ErrorCode, Role, ServerMessage, User};
-use collab_ot::{transform_position, Client, Committed, Operation, OutgoingOp, Resumed, Rope};
+use collab_ot::{transform_range, Client, Committed, Operation, OutgoingOp, Resumed, Rope};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -630,7 +630,7 @@ impl Task {
         let Some(op) = build(self.client.content()) else {
             return Ok(None);
         };
-        let moved = self.selection.map(|s| move_selection(s, &op));
+        let moved = self.selection.map(|s| transform_range(s, &op));
         let sent = self.client.local_edit(op);
         if sent.is_ok() {
             self.selection = moved;
@@ -733,7 +733,7 @@ impl Task {
     /// text. Peers are not told: each moves our selection through the same
     /// op itself; only a reconnect sends it again.
     fn move_selection(&mut self, op: &Operation) {
-        self.selection = self.selection.map(|s| move_selection(s, op));
+        self.selection = self.selection.map(|s| transform_range(s, op));
     }
 
     async fn emit(&self, event: Event) {
@@ -860,10 +860,6 @@ fn op_frame(out: &OutgoingOp) -> String {
 
 fn auth_frame(token: String) -> String {
     ClientMessage::Auth { token }.to_json()
-}
-
-fn move_selection([anchor, head]: [usize; 2], op: &Operation) -> [usize; 2] {
-    [transform_position(anchor, op), transform_position(head, op)]
 }
 
 fn presence(selection: Option<[usize; 2]>, user: Option<&User>) -> String {

@@ -47,6 +47,12 @@ pub fn transform_selection(selection: Selection, op: &Operation) -> Selection {
     }
 }
 
+/// [`transform_position`] for both ends of `[anchor, head]`, the shape
+/// selections have on the wire.
+pub fn transform_range([anchor, head]: [usize; 2], op: &Operation) -> [usize; 2] {
+    [transform_position(anchor, op), transform_position(head, op)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +73,6 @@ mod tests {
             transform_selection(Selection::Range(5, 0), &op),
             Selection::Range(2, 0)
         );
+        assert_eq!(transform_range([5, 0], &op), [2, 0], "the wire shape");
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ropey::Rope;
 
-use crate::cursor::transform_position;
+use crate::cursor::transform_range;
 use crate::op::{OpError, Operation};
 use crate::transform::{transform, Side};
 
@@ -488,12 +488,7 @@ impl Document {
             .expect("operation was checked against this content");
         self.rev = committed.rev;
         for peer in self.peers.values_mut() {
-            if let Some([a, h]) = peer.selection {
-                peer.selection = Some([
-                    transform_position(a, &committed.op),
-                    transform_position(h, &committed.op),
-                ]);
-            }
+            peer.selection = peer.selection.map(|s| transform_range(s, &committed.op));
         }
         if let (Some(client_id), Some(seq)) = (&committed.client_id, committed.seq) {
             self.remember(client_id, seq, committed.rev);

@@ -45,7 +45,7 @@ pub mod protocol;
 pub mod transform;
 
 pub use client::{Client, ClientError, OutgoingOp, Resumed};
-pub use cursor::{transform_position, transform_selection, Selection};
+pub use cursor::{transform_position, transform_range, transform_selection, Selection};
 pub use document::{
     transform_steps, Committed, Document, DocumentLimits, Peer, SubmitError, Submitted,
 };

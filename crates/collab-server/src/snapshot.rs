@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use collab_ot::{Document, DocumentLimits, Rope};
+use collab_ot::DocumentLimits;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
@@ -615,18 +615,20 @@ async fn next_notice(notices: &mut Option<mpsc::Receiver<Dirty>>) -> Option<Dirt
 }
 
 /// The content at `base.rev`: the snapshot with the tail replayed through
-/// the engine, exactly as a room loads it.
+/// the engine, exactly as a room loads it ([`crate::store::replay`]).
 pub fn rebuild(base: &SnapshotBase) -> Result<String, String> {
     let limits = DocumentLimits {
         max_chars: usize::MAX,
         history: 0,
         ..DocumentLimits::default()
     };
-    let mut doc = Document::new(Rope::from_str(&base.snapshot), base.snapshot_rev, limits);
-    for op in &base.tail {
-        doc.replay(op.clone().into())
-            .map_err(|e| format!("op {} does not apply: {e}", op.rev))?;
-    }
+    let doc = crate::store::replay(
+        &base.snapshot,
+        base.snapshot_rev,
+        base.tail.iter().cloned(),
+        limits,
+    )
+    .map_err(|e| e.to_string())?;
     if doc.rev() != base.rev {
         return Err(format!(
             "replay ended at rev {}, not {}",

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use collab_ot::protocol::{ErrorCode, OpRecord, PeerInfo, ServerMessage};
 use collab_ot::{
-    transform, transform_steps, Committed, Document, OpError, Operation, Peer, Rope, Side,
-    SubmitError, Submitted,
+    transform, transform_steps, Committed, Document, OpError, Operation, Peer, Side, SubmitError,
+    Submitted,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, error, info_span, warn, Instrument};
@@ -1040,18 +1040,13 @@ impl Room {
             self.gone = true;
             return Err(RoomError::NotFound);
         };
-        let mut doc = Document::new(
-            Rope::from_str(&loaded.snapshot),
+        let mut doc = crate::store::replay(
+            &loaded.snapshot,
             loaded.snapshot_rev,
+            loaded.tail,
             self.shared.config.limits,
-        );
-        for op in loaded.tail {
-            let rev = op.rev;
-            doc.replay(op.into()).map_err(|e| {
-                error!(rev, error = %e, "op log does not replay onto its snapshot");
-                StoreError::Corrupt(format!("op {rev} does not apply: {e}"))
-            })?;
-        }
+        )
+        .inspect_err(|e| error!(error = %e, "op log does not replay onto its snapshot"))?;
         debug!(
             rev = doc.rev(),
             snapshot_rev = loaded.snapshot_rev,

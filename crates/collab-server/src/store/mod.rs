@@ -107,6 +107,26 @@ impl From<collab_ot::Committed> for NewOp {
     }
 }
 
+/// A document rebuilt from a snapshot at `snapshot_rev` and the log's ops
+/// after it, replayed through the engine: how a room loads a document, and
+/// how the snapshot worker checks what it is about to write. An op that
+/// does not apply means the log or the snapshot is corrupt.
+pub fn replay(
+    snapshot: &str,
+    snapshot_rev: u64,
+    tail: impl IntoIterator<Item = StoredOp>,
+    limits: collab_ot::DocumentLimits,
+) -> Result<collab_ot::Document, StoreError> {
+    let mut doc =
+        collab_ot::Document::new(collab_ot::Rope::from_str(snapshot), snapshot_rev, limits);
+    for op in tail {
+        let rev = op.rev;
+        doc.replay(op.into())
+            .map_err(|e| StoreError::Corrupt(format!("op {rev} does not apply: {e}")))?;
+    }
+    Ok(doc)
+}
+
 /// What a room needs to rebuild a document: a snapshot and the tail of the
 /// log after it.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use collab_ot::protocol::ServerMessage;
 use collab_ot::{
-    compose, transform, transform_position, Committed, Document, Operation, Peer, Side, SubmitError,
+    compose, transform, transform_range, Committed, Document, Operation, Peer, Side, SubmitError,
 };
 use tracing::warn;
 
@@ -210,12 +210,7 @@ pub(super) fn rebase_peers(
     peers
         .into_iter()
         .map(|mut peer| {
-            if let Some([anchor, head]) = peer.selection {
-                peer.selection = Some([
-                    transform_position(anchor, &theirs),
-                    transform_position(head, &theirs),
-                ]);
-            }
+            peer.selection = peer.selection.map(|s| transform_range(s, &theirs));
             peer
         })
         .collect()
