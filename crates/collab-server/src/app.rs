@@ -166,11 +166,33 @@ impl AppState {
             client,
             config.redis_prefix.clone(),
             instance.clone(),
-            state.rooms.clone(),
-            state.auth.revocations().clone(),
+            Instance {
+                rooms: state.rooms.clone(),
+                revocations: state.auth.revocations().clone(),
+            },
         );
         tracing::info!(%instance, "running as one instance of a cluster");
         Ok(state)
+    }
+}
+
+/// This instance, as the other instances' news reaches it.
+struct Instance {
+    rooms: Rooms,
+    revocations: crate::auth::Revocations,
+}
+
+impl cluster::Inbound for Instance {
+    fn deliver(&self, doc: &crate::domain::DocumentId, message: cluster::ClusterMessage) {
+        self.rooms.deliver(doc, message);
+    }
+
+    fn resubscribed(&self) {
+        self.rooms.catch_up_all();
+    }
+
+    fn revoked(&self, revocation: crate::store::Revocation) {
+        self.revocations.add([revocation]);
     }
 }
 

@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::auth::Revocations;
 use crate::domain::DocumentId;
-use crate::rooms::Rooms;
 use crate::store::Revocation;
 
 /// News from one instance to the others about one document.
@@ -308,16 +306,21 @@ fn auth_channel(prefix: &str) -> String {
     format!("{prefix}:auth")
 }
 
-/// Listens to every document's channel and hands messages to the loaded
-/// rooms; after each (re)connection, every loaded room catches up.
-/// Revocations arrive on their own channel.
-pub fn subscribe(
-    client: redis::Client,
-    prefix: String,
-    instance: String,
-    rooms: Rooms,
-    revocations: Revocations,
-) {
+/// Where news from the other instances goes. The rooms and the revocation
+/// set implement it, so this module depends on neither.
+pub trait Inbound: Send + Sync + 'static {
+    /// A message about document `doc` from another instance.
+    fn deliver(&self, doc: &DocumentId, message: ClusterMessage);
+    /// The subscription is (again) live: messages sent while it was not
+    /// are lost, so whatever they said must be read from the database.
+    fn resubscribed(&self);
+    /// Another instance revoked a token or a user.
+    fn revoked(&self, revocation: Revocation);
+}
+
+/// Listens to every document's channel and to the revocation channel, and
+/// hands what arrives to `inbound`.
+pub fn subscribe(client: redis::Client, prefix: String, instance: String, inbound: impl Inbound) {
     tokio::spawn(async move {
         let pattern = format!("{prefix}:doc:*");
         let channel_prefix = format!("{prefix}:doc:");
@@ -336,7 +339,7 @@ pub fn subscribe(
                         info!(%pattern, "subscribed to cluster news");
                         delay = Duration::from_millis(100);
                         // Whatever happened while we were away is in the log.
-                        rooms.catch_up_all();
+                        inbound.resubscribed();
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
                             if msg.get_channel_name() == auth {
@@ -344,7 +347,7 @@ pub fn subscribe(
                                     .get_payload::<String>()
                                     .map(|p| serde_json::from_str::<Revocation>(&p))
                                 {
-                                    Ok(Ok(r)) => revocations.add([r]),
+                                    Ok(Ok(r)) => inbound.revoked(r),
                                     _ => debug!("unreadable revocation message"),
                                 }
                                 continue;
@@ -360,7 +363,7 @@ pub fn subscribe(
                                 continue;
                             };
                             match serde_json::from_str::<ClusterMessage>(&payload) {
-                                Ok(m) if m.from() != instance => rooms.deliver(&doc, m),
+                                Ok(m) if m.from() != instance => inbound.deliver(&doc, m),
                                 Ok(_) => {}
                                 Err(e) => debug!(error = %e, "unreadable cluster message"),
                             }

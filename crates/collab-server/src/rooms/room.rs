@@ -174,9 +174,9 @@ struct Room {
     _stop_guard: mpsc::Sender<()>,
 }
 
-mod cluster;
+mod remote;
 
-use cluster::{rebase_peers, replay_op};
+use remote::{rebase_peers, replay_op};
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
