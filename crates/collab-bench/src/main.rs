@@ -2,6 +2,10 @@
 //!
 //! * `trace`: replays real editing traces through the engine's
 //!   `Operation::apply` and through a plain rope (the floor), and compares.
+//!   With the `crdt-compare` feature (off by default; needs rustc 1.90, above
+//!   the workspace's 1.85) it also replays them through three CRDT libraries,
+//!   diamond-types, yrs and automerge:
+//!   `cargo run --release -p collab-bench --features crdt-compare -- trace`.
 //! * `transform`: one-character ops transformed against a window of
 //!   concurrent ops, as the server does for a late op.
 //! * `load`: clients typing into a running server; throughput and latency.
@@ -34,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay editing traces: engine `apply` vs a plain rope.
+    /// Replay editing traces: engine `apply` vs a plain rope (and three CRDT
+    /// libraries with --features crdt-compare).
     Trace(trace::TraceArgs),
     /// Transform throughput of one-character ops against a window of concurrent ops.
     Transform(transform::TransformArgs),

@@ -2,6 +2,10 @@
 //! `automerge`, each driven through its ordinary local-editing API, as an
 //! editor embedding it would.
 //!
+//! Built only with the `crdt-compare` feature of collab-bench, which brings in
+//! the three libraries (and needs rustc 1.90, for automerge 0.12):
+//! `cargo run --release -p collab-bench --features crdt-compare -- trace`.
+//!
 //! Positions in a trace are Unicode code points:
 //! * diamond-types indexes its text by code point (`char`) natively;
 //! * automerge is told to, with [`TextEncoding::UnicodeCodePoint`] (also its
