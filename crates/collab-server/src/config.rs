@@ -66,7 +66,7 @@ pub struct Config {
     #[arg(
         long,
         env = "COLLAB_MAX_DOCUMENT_CHARS",
-        default_value_t = 10_000_000,
+        default_value_t = DocumentLimits::default().max_chars,
         global = true
     )]
     pub max_document_chars: usize,
@@ -214,7 +214,7 @@ pub struct Config {
     #[arg(
         long,
         env = "COLLAB_HISTORY_WINDOW",
-        default_value_t = 1000,
+        default_value_t = DocumentLimits::default().history,
         global = true
     )]
     pub history_window: usize,
@@ -290,38 +290,17 @@ impl Config {
     }
 
     /// The defaults, as if no variable or flag were set; for tests and tools.
+    /// Read from the command line's own definitions (with the environment
+    /// ignored), so each default is written once, next to its flag.
     pub fn with_database(database_url: impl Into<String>) -> Self {
-        Self {
-            database_url: database_url.into(),
-            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            log_filter: "info".to_owned(),
-            log_format: LogFormat::Pretty,
-            max_message_bytes: 1 << 20,
-            max_document_chars: 10_000_000,
-            max_ops_per_second: 100,
-            max_presence_per_second: 20,
-            max_op_components: 10_000,
-            max_transform_steps: 2_000_000,
-            session_queue_bytes: 4 << 20,
-            max_connections: 20_000,
-            max_connections_per_ip: 1_000,
-            header_timeout_secs: 10,
-            ws_idle_secs: 60,
-            allowed_origins: Vec::new(),
-            auth_secret: None,
-            auth_public_key: None,
-            allow_anonymous: false,
-            auth_leeway_secs: 30,
-            revocation_poll_ms: 500,
-            history_window: 1000,
-            room_idle_secs: 300,
-            snapshot_every_ops: 500,
-            snapshot_interval_secs: 60,
-            redis_url: None,
-            redis_prefix: "collab".to_owned(),
-            instance_id: None,
-            presence_ttl_secs: 15,
-        }
+        use clap::{CommandFactory, FromArgMatches};
+        let command = crate::cli::Cli::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command
+            .try_get_matches_from(["collab"])
+            .expect("the defaults parse");
+        let mut config = Config::from_arg_matches(&matches).expect("the defaults are valid");
+        config.database_url = database_url.into();
+        config
     }
 
     /// The token checker; `None` in open mode.
@@ -381,5 +360,24 @@ impl Config {
             interval: Duration::from_secs(self.snapshot_interval_secs.max(1)),
             keep_history: self.history_window as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_flags() {
+        let config = Config::with_database("sqlite://x.db");
+        assert_eq!(config.database_url, "sqlite://x.db");
+        assert_eq!(
+            config.max_document_chars,
+            DocumentLimits::default().max_chars
+        );
+        assert_eq!(config.history_window, DocumentLimits::default().history);
+        assert_eq!(config.bind, SocketAddr::from(([127, 0, 0, 1], 8000)));
+        assert!(config.is_open() && !config.allow_anonymous);
+        assert_eq!(config.auth_leeway_secs, 30);
     }
 }
