@@ -19,7 +19,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config.clone();
     telemetry::init(config.log_format, &config.log_filter)?;
-    config.validate().map_err(anyhow::Error::msg)?;
+    // `serve` and `seed` validate in `AppState::connect`; the rest here.
+    if !matches!(cli.subcommand(), Command::Serve | Command::Seed) {
+        config.validate().map_err(anyhow::Error::msg)?;
+    }
 
     match cli.subcommand() {
         Command::Token(args) => {
